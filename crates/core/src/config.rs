@@ -1,0 +1,239 @@
+//! Settings: TOML drop-ins merged in order, parsed once, validated.
+//!
+//! Directories are read in the order given (the binaries pass
+//! /usr/lib/machina/config.d, /etc/machina/config.d, /run/machina/config.d);
+//! within the union, a file in a later directory replaces one of the same
+//! name in an earlier one, and files apply in lexical order of their names.
+//! An unknown key is an error naming the file and the key.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::retry::RetryPolicy;
+
+/// Why settings could not be loaded. Binaries exit 78 (EX_CONFIG) on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Everything configurable, validated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the ledger and artifacts live (systemd's STATE_DIRECTORY wins when set).
+    pub state_dir: PathBuf,
+    /// Directory of extra recipe files.
+    pub recipes_dir: Option<PathBuf>,
+    /// HTTP API.
+    pub api: ApiSettings,
+    /// Worker processes.
+    pub worker: WorkerSettings,
+    /// Tools.
+    pub tools: ToolSettings,
+    /// Which task failures are retried.
+    pub retry: RetryPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/machina"),
+            recipes_dir: Some(PathBuf::from("/etc/machina/recipes.d")),
+            api: ApiSettings::default(),
+            worker: WorkerSettings::default(),
+            tools: ToolSettings::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// HTTP API settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Address to listen on when systemd hands over no socket.
+    pub listen: String,
+    /// File holding the bearer token (else the `api-token` systemd credential).
+    pub token_file: Option<PathBuf>,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// How long a request id's response is replayed.
+    pub dedup_ttl_secs: u64,
+    /// Longest page of GET /runs.
+    pub max_page_size: u32,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            token_file: None,
+            body_limit_bytes: 1024 * 1024,
+            dedup_ttl_secs: 300,
+            max_page_size: 500,
+        }
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Lease length; a worker heartbeats every third of it.
+    pub lease_secs: u64,
+    /// Fallback poll interval when no wake-up arrives.
+    pub poll_ms: u64,
+    /// Cap on stored stdout and stderr per task (the rest is dropped, with a marker).
+    pub output_cap_bytes: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self { lease_secs: 30, poll_ms: 1000, output_cap_bytes: 1024 * 1024 }
+    }
+}
+
+/// Tool settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolSettings {
+    /// The shell tool.
+    pub shell: ShellSettings,
+}
+
+/// The shell tool: which executables may run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShellSettings {
+    /// Executables allowed, by path; compared after resolving symlinks on both sides.
+    pub allow: Vec<PathBuf>,
+    /// Environment variables passed through to tasks (everything else is cleared).
+    pub env_allow: Vec<String>,
+}
+
+impl Default for ShellSettings {
+    fn default() -> Self {
+        Self {
+            allow: ["/usr/bin/printf", "/usr/bin/echo", "/usr/bin/uname", "/usr/bin/true", "/usr/bin/false", "/usr/bin/sleep", "/usr/bin/sha256sum", "/usr/bin/wc", "/usr/bin/date"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            env_allow: vec!["LANG".into(), "TZ".into()],
+        }
+    }
+}
+
+impl Settings {
+    /// Load and merge every `*.toml` in `dirs`, then validate.
+    pub fn load(dirs: &[PathBuf]) -> Result<Self, ConfigError> {
+        let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for dir in dirs {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ConfigError(format!("{}: {e}", dir.display()))),
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    by_name.insert(e.file_name().to_string_lossy().into_owned(), p);
+                }
+            }
+        }
+        let mut merged = toml::Table::new();
+        for path in by_name.values() {
+            let table = Self::read_file(path)?;
+            merge(&mut merged, table);
+        }
+        let s: Settings = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("merged configuration: {e}")))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        // Parse on its own first so an unknown key is reported against its file.
+        toml::from_str::<Settings>(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Check cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(m.to_string()));
+        if self.worker.lease_secs < 3 {
+            return bad("worker.lease_secs must be at least 3");
+        }
+        if self.worker.poll_ms == 0 {
+            return bad("worker.poll_ms must be at least 1");
+        }
+        if self.api.body_limit_bytes < 1024 {
+            return bad("api.body_limit_bytes must be at least 1024");
+        }
+        if self.api.max_page_size == 0 {
+            return bad("api.max_page_size must be at least 1");
+        }
+        for p in &self.tools.shell.allow {
+            if !p.is_absolute() {
+                return Err(ConfigError(format!("tools.shell.allow: {} is not an absolute path", p.display())));
+            }
+        }
+        self.retry.validate().map_err(ConfigError)
+    }
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_directories_override_and_merge() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("10-base.toml"), "[api]\ndedup_ttl_secs = 60\nlisten = '127.0.0.1:1'\n").unwrap();
+        std::fs::write(b.path().join("20-local.toml"), "[api]\nlisten = '127.0.0.1:2'\n").unwrap();
+        let s = Settings::load(&[a.path().into(), b.path().into()]).unwrap();
+        assert_eq!(s.api.listen, "127.0.0.1:2");
+        assert_eq!(s.api.dedup_ttl_secs, 60);
+    }
+
+    #[test]
+    fn same_name_in_later_dir_replaces_the_file() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("x.toml"), "[api]\ndedup_ttl_secs = 60\n").unwrap();
+        std::fs::write(b.path().join("x.toml"), "[worker]\npoll_ms = 5\n").unwrap();
+        let s = Settings::load(&[a.path().into(), b.path().into()]).unwrap();
+        assert_eq!(s.api.dedup_ttl_secs, 300, "a's x.toml was masked entirely");
+        assert_eq!(s.worker.poll_ms, 5);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("bad.toml"), "[worker]\nlease_sec = 5\n").unwrap();
+        let err = Settings::load(&[a.path().into()]).unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains("lease_sec"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("x.toml"), "[retry]\nmax_attempts = 0\n").unwrap();
+        let err = Settings::load(&[a.path().into()]).unwrap_err().to_string();
+        assert!(err.contains("max_attempts"), "{err}");
+    }
+}

@@ -1,0 +1,111 @@
+//! Plans (what CompileST produces) and the canonical task key.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::state::Step;
+
+/// One task of a plan, normalized: the unit the worker runs and the ledger commits once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Unique within its plan.
+    pub name: String,
+    /// Tool that runs it (`shell` for now).
+    pub tool: String,
+    /// Executable and arguments; never a shell string.
+    pub argv: Vec<String>,
+    /// Wall-clock limit in seconds; the whole process group is killed after it.
+    pub timeout_secs: u64,
+}
+
+/// A compiled plan: what the approver sees and binds to by its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Recipe it was rendered from.
+    pub recipe: String,
+    /// How many of its tasks may run at once.
+    pub concurrency: u32,
+    /// The tasks, in order.
+    pub tasks: Vec<TaskSpec>,
+}
+
+impl Plan {
+    /// Canonical JSON bytes (sorted keys): the bytes stored as the plan artifact.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        canonical_json(&serde_json::to_value(self).expect("plan serializes"))
+    }
+}
+
+/// JSON with object keys sorted, no insignificant whitespace.
+pub fn canonical_json(v: &serde_json::Value) -> Vec<u8> {
+    // serde_json's Map is a BTreeMap (the preserve_order feature is not enabled in
+    // this workspace), so serialization already sorts keys; re-sorting keeps this
+    // true even if a dependency turns that feature on.
+    fn sort(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                serde_json::Value::Object(
+                    entries.into_iter().map(|(k, v)| (k.clone(), sort(v))).collect(),
+                )
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_vec(&sort(v)).expect("json value serializes")
+}
+
+/// sha256 (lowercase hex) of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// task_key = sha256 of the canonical encoding of (intent, run, step, normalized task spec).
+///
+/// The same task of the same run always gets the same key, so a task re-run after a
+/// crash is recognised, and its tools can deduplicate side effects by it.
+pub fn task_key(intent_id: &str, run_id: &str, step: Step, spec: &TaskSpec) -> String {
+    let value = serde_json::json!({
+        "intent": intent_id,
+        "run": run_id,
+        "step": step.as_str(),
+        "task": spec,
+    });
+    sha256_hex(&canonical_json(&value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            tool: "shell".into(),
+            argv: vec!["/usr/bin/true".into()],
+            timeout_secs: 5,
+        }
+    }
+
+    #[test]
+    fn task_key_is_stable_and_distinguishes_inputs() {
+        let a = task_key("i1", "r1", Step::Execute, &spec("a"));
+        assert_eq!(a, task_key("i1", "r1", Step::Execute, &spec("a")));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, task_key("i1", "r2", Step::Execute, &spec("a")));
+        assert_ne!(a, task_key("i2", "r1", Step::Execute, &spec("a")));
+        assert_ne!(a, task_key("i1", "r1", Step::Execute, &spec("b")));
+    }
+
+    #[test]
+    fn canonical_json_ignores_key_order() {
+        let x: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3}}"#).unwrap();
+        let y: serde_json::Value = serde_json::from_str(r#"{"a":{"c":3,"d":2},"b":1}"#).unwrap();
+        assert_eq!(canonical_json(&x), canonical_json(&y));
+        assert_eq!(canonical_json(&x), br#"{"a":{"c":3,"d":2},"b":1}"#.to_vec());
+    }
+}

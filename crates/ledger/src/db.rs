@@ -1,0 +1,99 @@
+//! Opening the database: pragmas, numbered migrations, and the version check.
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{LedgerError, Result};
+
+/// How long a writer waits for another process's write lock before giving up.
+pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// The numbered migrations; schema version N is the first N applied.
+const MIGRATION_SQL: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATION_SQL.len() as i64;
+
+/// Durability of commits (SQLite `synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the WAL on every commit: an acknowledged write survives power loss.
+    Full,
+    /// fsync only at checkpoints: survives a process crash, not power loss.
+    Normal,
+}
+
+/// Pragmas as read back from a live connection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Pragmas {
+    /// `journal_mode` (expect "wal").
+    pub journal_mode: String,
+    /// `synchronous` (2 = FULL, 1 = NORMAL).
+    pub synchronous: i64,
+    /// `foreign_keys` (1 = on).
+    pub foreign_keys: i64,
+    /// `busy_timeout` in milliseconds.
+    pub busy_timeout_ms: i64,
+}
+
+pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| LedgerError::Db(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(LedgerError::Db(format!(
+            "{}: could not switch to WAL journal mode (got {mode}); is the filesystem local?",
+            path.display()
+        )));
+    }
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+pub(crate) fn read_pragmas(conn: &Connection) -> Result<Pragmas> {
+    Ok(Pragmas {
+        journal_mode: conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
+        synchronous: conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+        foreign_keys: conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?,
+        busy_timeout_ms: conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?,
+    })
+}
+
+/// Bring the schema to [`SCHEMA_VERSION`], refusing a database from a newer build.
+///
+/// Migrations are numbered files applied in order inside one `BEGIN IMMEDIATE`
+/// transaction, tracked by `PRAGMA user_version`; several processes starting
+/// at once serialize on the write lock and the later ones find nothing to do.
+/// (Hand-rolled: rusqlite_migration has no release for rusqlite 0.41.)
+pub(crate) fn migrate(conn: &mut Connection, path: &Path, app_version: &str) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(LedgerError::SchemaTooNew {
+            path: path.display().to_string(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATION_SQL.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)
+            .map_err(|e| LedgerError::Db(format!("{}: migration {:04} failed: {e}", path.display(), i + 1)))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    for (key, value) in [("schema_version", SCHEMA_VERSION.to_string()), ("app_version", app_version.to_string())] {
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [key, &value],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}

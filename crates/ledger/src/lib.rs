@@ -1,0 +1,296 @@
+//! machina-ledger: the one SQLite ledger (WAL) every machina process shares.
+//!
+//! Writes go through this process's single writer thread, which batches
+//! concurrent operations into one `BEGIN IMMEDIATE` transaction (group commit)
+//! and acknowledges each only after COMMIT. Reads run on a small pool of
+//! reader connections via `spawn_blocking`. No rusqlite call ever runs on an
+//! async runtime thread.
+
+mod artifacts;
+mod db;
+mod dedup;
+mod error;
+mod model;
+mod queries;
+mod runs;
+mod tasks;
+mod writer;
+
+use machina_core::{Clock, ErrCode, RetryPolicy, SystemClock};
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use artifacts::{ArtifactStore, is_sha256_hex};
+pub use db::{BUSY_TIMEOUT_MS, Durability, Pragmas, SCHEMA_VERSION};
+pub use dedup::{DedupKey, Submission, Submitted};
+pub use error::{LedgerError, Result};
+pub use model::*;
+pub use queries::RunFilter;
+pub use runs::{CompiledPlan, NewIntent, NewRun};
+
+/// File name of the ledger inside the state directory.
+pub const LEDGER_FILE: &str = "ledger.db";
+/// Directory of artifacts inside the state directory.
+pub const ARTIFACTS_DIR: &str = "artifacts";
+
+/// How to open the ledger.
+#[derive(Clone)]
+pub struct LedgerOptions {
+    /// State directory (holds ledger.db and artifacts/).
+    pub state_dir: PathBuf,
+    /// Commit durability; FULL by default.
+    pub durability: Durability,
+    /// Which failures are retried.
+    pub retry: RetryPolicy,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl LedgerOptions {
+    /// Defaults for a state directory: FULL durability, default retry policy, wall clock.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            durability: Durability::Full,
+            retry: RetryPolicy::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    durability: Durability,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    const MAX_IDLE: usize = 8;
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.idle.lock().map_err(|_| LedgerError::Closed)?.pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = db::open_connection(&self.path, self.durability)?;
+                c.execute_batch("PRAGMA query_only = ON")?;
+                c
+            }
+        };
+        let out = f(&conn);
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < Self::MAX_IDLE
+        {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+/// A handle on the ledger; clone freely (all clones share one writer thread).
+#[derive(Clone)]
+pub struct Ledger {
+    writer: writer::WriterHandle,
+    readers: Arc<ReaderPool>,
+    artifacts: ArtifactStore,
+    clock: Arc<dyn Clock>,
+    retry: Arc<RetryPolicy>,
+}
+
+impl Ledger {
+    /// Open (creating and migrating if needed). Blocking: call before serving, or in `spawn_blocking`.
+    pub fn open(opts: LedgerOptions) -> Result<Self> {
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(|e| LedgerError::Io(format!("cannot create state directory {}: {e}", opts.state_dir.display())))?;
+        let path = opts.state_dir.join(LEDGER_FILE);
+        let mut conn = db::open_connection(&path, opts.durability)?;
+        db::migrate(&mut conn, &path, machina_core::APP_VERSION)?;
+        let artifacts = ArtifactStore::open(&opts.state_dir.join(ARTIFACTS_DIR))?;
+        let (writer, _thread) = writer::WriterHandle::spawn(conn, opts.clock.clone())?;
+        Ok(Self {
+            writer,
+            readers: Arc::new(ReaderPool { path, durability: opts.durability, idle: Mutex::new(Vec::new()) }),
+            artifacts,
+            clock: opts.clock,
+            retry: Arc::new(opts.retry),
+        })
+    }
+
+    /// The ledger file's path.
+    pub fn path(&self) -> &Path {
+        &self.readers.path
+    }
+
+    /// Current time according to the ledger's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The artifact store.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection, i64) -> Result<T> + Send + 'static) -> Result<T> {
+        let readers = self.readers.clone();
+        let now = self.clock.now_ms();
+        tokio::task::spawn_blocking(move || readers.with(|c| f(c, now)))
+            .await
+            .map_err(|e| LedgerError::Io(format!("reader task failed: {e}")))?
+    }
+
+    /// Pragmas as read back from a writer-configured connection.
+    pub async fn pragmas(&self) -> Result<Pragmas> {
+        self.writer.write(|c, _| db::read_pragmas(c)).await
+    }
+
+    /// Create an intent, a run, or both, replaying the first response for a known request id.
+    pub async fn submit(&self, key: Option<DedupKey>, s: Submission) -> Result<Submitted> {
+        self.writer.write(move |c, now| dedup::submit(c, key.as_ref(), s, now)).await
+    }
+
+    /// Blocking variant of [`submit`](Self::submit) for threads outside the runtime.
+    pub fn submit_blocking(&self, key: Option<DedupKey>, s: Submission) -> Result<Submitted> {
+        self.writer.write_blocking(move |c, now| dedup::submit(c, key.as_ref(), s, now))
+    }
+
+    /// An intent by id.
+    pub async fn intent(&self, id: &str) -> Result<IntentRecord> {
+        let id = id.to_string();
+        self.read(move |c, _| runs::load_intent(c, &id)).await
+    }
+
+    /// A run with its steps and tasks.
+    pub async fn run_detail(&self, id: &str) -> Result<RunDetail> {
+        let id = id.to_string();
+        self.read(move |c, _| queries::run_detail(c, &id)).await
+    }
+
+    /// Runs, newest first.
+    pub async fn list_runs(&self, f: RunFilter) -> Result<Vec<RunRecord>> {
+        self.read(move |c, _| queries::list_runs(c, &f)).await
+    }
+
+    /// Events of a run after `after_seq`.
+    pub async fn events(&self, run_id: &str, after_seq: i64, limit: u32) -> Result<Vec<EventRecord>> {
+        let id = run_id.to_string();
+        self.read(move |c, _| queries::events(c, &id, after_seq, limit)).await
+    }
+
+    /// Attempts of a task.
+    pub async fn attempts(&self, task_key: &str) -> Result<Vec<AttemptRecord>> {
+        let key = task_key.to_string();
+        self.read(move |c, _| queries::attempts(c, &key)).await
+    }
+
+    /// Counts for metrics.
+    pub async fn stats(&self) -> Result<Stats> {
+        self.read(queries::stats).await
+    }
+
+    /// Approve a run's plan (optionally bound to the plan sha256 the approver reviewed).
+    pub async fn approve_plan(&self, run_id: &str, approver: &str, plan_sha256: Option<String>) -> Result<RunRecord> {
+        let (id, who) = (run_id.to_string(), approver.to_string());
+        self.writer.write(move |c, now| runs::approve(c, &id, &who, plan_sha256.as_deref(), now)).await
+    }
+
+    /// Retry a failed run from its failed step.
+    pub async fn retry_run(&self, run_id: &str) -> Result<RunRecord> {
+        let id = run_id.to_string();
+        self.writer.write(move |c, now| runs::retry(c, &id, now)).await
+    }
+
+    /// Cancel a run that has not finished.
+    pub async fn cancel_run(&self, run_id: &str) -> Result<RunRecord> {
+        let id = run_id.to_string();
+        self.writer.write(move |c, now| runs::cancel(c, &id, now)).await
+    }
+
+    /// Claim a queued run for CompileST.
+    pub async fn claim_compile(&self, owner: &str, lease_ms: i64) -> Result<Option<CompileJob>> {
+        let owner = owner.to_string();
+        self.writer
+            .write(move |c, now| {
+                Ok(runs::claim_compile(c, &owner, lease_ms, now)?
+                    .map(|(run, intent, compile_attempt)| CompileJob { run, intent, compile_attempt }))
+            })
+            .await
+    }
+
+    /// Record CompileST's outcome.
+    pub async fn finish_compile(
+        &self,
+        job: &CompileJob,
+        owner: &str,
+        outcome: std::result::Result<CompiledPlan, (ErrCode, String)>,
+    ) -> Result<RunRecord> {
+        let (id, owner, attempt) = (job.run.id.clone(), owner.to_string(), job.compile_attempt);
+        let policy = self.retry.clone();
+        self.writer.write(move |c, now| runs::finish_compile(c, &id, &owner, attempt, outcome, &policy, now)).await
+    }
+
+    /// Claim one runnable task under a lease of `lease_ms`.
+    pub async fn claim_task(&self, owner: &str, lease_ms: i64) -> Result<Option<ClaimedTask>> {
+        let owner = owner.to_string();
+        self.writer.write(move |c, now| tasks::claim(c, &owner, lease_ms, now)).await
+    }
+
+    /// Extend a lease; rejected (StaleLease) unless the caller still holds it.
+    pub async fn heartbeat(&self, t: &ClaimedTask, owner: &str, lease_ms: i64) -> Result<Heartbeat> {
+        let (id, attempt, owner) = (t.task_id, t.attempt, owner.to_string());
+        self.writer.write(move |c, now| tasks::heartbeat(c, id, &owner, attempt, lease_ms, now)).await
+    }
+
+    /// Commit an attempt's outcome (fenced by owner and attempt).
+    pub async fn complete_task(&self, report: TaskReport) -> Result<Completion> {
+        let policy = self.retry.clone();
+        let jitter = RetryPolicy::random_jitter();
+        self.writer.write(move |c, now| tasks::complete(c, &report, &policy, jitter, now)).await
+    }
+
+    /// Reclaim expired leases (tasks and compiles); with `owner`, every lease of that owner.
+    pub async fn reclaim(&self, owner: Option<&str>) -> Result<usize> {
+        let owner = owner.map(str::to_string);
+        let policy = self.retry.clone();
+        let jitter = RetryPolicy::random_jitter();
+        self.writer
+            .write(move |c, now| {
+                let n = tasks::reclaim(c, owner.as_deref(), &policy, jitter, now)?;
+                Ok(n + runs::reclaim_compiles(c, owner.as_deref(), now)?)
+            })
+            .await
+    }
+
+    /// Store bytes as an artifact (file first, then its row); returns the sha256.
+    pub async fn put_artifact(&self, bytes: Vec<u8>, media_type: &str) -> Result<String> {
+        let store = self.artifacts.clone();
+        let size = bytes.len() as i64;
+        let sha = tokio::task::spawn_blocking(move || store.put(&bytes))
+            .await
+            .map_err(|e| LedgerError::Io(format!("artifact writer failed: {e}")))??;
+        let (s, media) = (sha.clone(), media_type.to_string());
+        self.writer.write(move |c, now| tasks::register_artifact(c, &s, size, &media, now)).await?;
+        Ok(sha)
+    }
+
+    /// An artifact's bytes, verified against its name.
+    pub async fn get_artifact(&self, sha256: &str) -> Result<Vec<u8>> {
+        if !is_sha256_hex(sha256) {
+            return Err(LedgerError::not_found("artifact", sha256));
+        }
+        let sha = sha256.to_string();
+        self.read(move |c, _| queries::artifact_known(c, &sha)).await?;
+        let store = self.artifacts.clone();
+        let sha = sha256.to_string();
+        tokio::task::spawn_blocking(move || store.get(&sha))
+            .await
+            .map_err(|e| LedgerError::Io(format!("artifact reader failed: {e}")))?
+    }
+
+    /// Run arbitrary read-only SQL returning one integer (tests and oracles).
+    pub async fn query_i64(&self, sql: &str) -> Result<i64> {
+        let sql = sql.to_string();
+        self.read(move |c, _| Ok(c.query_row(&sql, [], |r| r.get(0))?)).await
+    }
+}

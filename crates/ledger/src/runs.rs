@@ -1,0 +1,352 @@
+//! Intents, runs, their steps and events: the run state machine, inside write transactions.
+
+use machina_core::{ErrCode, Plan, RunStatus, Step, StepOutcome, task_key};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+
+use crate::error::{LedgerError, Result};
+use crate::model::{INTENT_COLS, IntentRecord, RUN_COLS, RunRecord};
+
+/// A new intent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewIntent {
+    /// Goal in words.
+    pub goal: String,
+    /// Inputs (a JSON object).
+    pub inputs: Value,
+    /// Constraints (a JSON object).
+    pub constraints: Value,
+}
+
+/// A new run of an existing intent. The caller has checked the workload against the recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    /// Intent id.
+    pub intent_id: String,
+    /// Recipe name.
+    pub recipe: String,
+    /// Fairness partition.
+    pub partition_key: String,
+    /// Workload as requested (stored verbatim).
+    pub workload: Value,
+    /// Tasks that may run at once.
+    pub concurrency: u32,
+}
+
+/// A plan ready to store: its canonical bytes are already an artifact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledPlan {
+    /// The plan.
+    pub plan: Plan,
+    /// sha256 of `plan.canonical_bytes()`.
+    pub plan_sha256: String,
+    /// Whether it must wait at the approval gate.
+    pub approval_required: bool,
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub(crate) fn event(c: &Connection, run_id: &str, kind: &str, data: Value, now: i64) -> Result<i64> {
+    let seq = c
+        .prepare_cached(
+            "INSERT INTO events(run_id, seq, kind, data, at)
+             VALUES (?1, COALESCE((SELECT MAX(seq) FROM events WHERE run_id = ?1), 0) + 1, ?2, ?3, ?4)
+             RETURNING seq",
+        )?
+        .query_row(params![run_id, kind, data.to_string(), now], |r| r.get(0))?;
+    Ok(seq)
+}
+
+pub(crate) struct StepRow<'a> {
+    pub step: Step,
+    pub outcome: StepOutcome,
+    pub err_code: Option<&'a str>,
+    pub detail: Option<String>,
+}
+
+pub(crate) fn record_step(c: &Connection, run: &RunRecord, s: StepRow<'_>, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO run_steps(run_id, step, outcome, generation, err_code, detail, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![run.id, s.step.as_str(), s.outcome.as_str(), run.generation, s.err_code, s.detail, now])?;
+    c.prepare_cached("UPDATE runs SET last_step = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![run.id, s.step.as_str(), now])?;
+    event(
+        c,
+        &run.id,
+        "step",
+        json!({"step": s.step, "outcome": s.outcome, "errCode": s.err_code, "detail": s.detail}),
+        now,
+    )?;
+    Ok(())
+}
+
+/// Move `run` to `to`, checking the state machine and that nobody moved it meanwhile.
+pub(crate) fn transition(c: &Connection, run: &mut RunRecord, to: RunStatus, now: i64) -> Result<()> {
+    if !run.status.can_become(to) {
+        return Err(LedgerError::IllegalState(format!("run {} cannot go from {} to {to}", run.id, run.status)));
+    }
+    let n = c
+        .prepare_cached("UPDATE runs SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2")?
+        .execute(params![run.id, run.status.as_str(), to.as_str(), now])?;
+    if n != 1 {
+        return Err(LedgerError::Conflict(format!("run {} changed state concurrently", run.id)));
+    }
+    event(c, &run.id, "state_changed", json!({"from": run.status, "to": to}), now)?;
+    run.status = to;
+    Ok(())
+}
+
+pub(crate) fn set_outcome(c: &Connection, run_id: &str, err: Option<(&str, &str)>, next: Option<&str>) -> Result<()> {
+    c.prepare_cached("UPDATE runs SET err_code = ?2, error_message = ?3, next_action = ?4 WHERE id = ?1")?
+        .execute(params![run_id, err.map(|e| e.0), err.map(|e| e.1), next])?;
+    Ok(())
+}
+
+pub(crate) fn load_run(c: &Connection, id: &str) -> Result<RunRecord> {
+    c.prepare_cached(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"))?
+        .query_row([id], RunRecord::from_row)
+        .optional()?
+        .ok_or_else(|| LedgerError::not_found("run", id))
+}
+
+pub(crate) fn load_intent(c: &Connection, id: &str) -> Result<IntentRecord> {
+    c.prepare_cached(&format!("SELECT {INTENT_COLS} FROM intents WHERE id = ?1"))?
+        .query_row([id], IntentRecord::from_row)
+        .optional()?
+        .ok_or_else(|| LedgerError::not_found("intent", id))
+}
+
+pub(crate) fn create_intent(c: &Connection, i: NewIntent, now: i64) -> Result<IntentRecord> {
+    let id = new_id();
+    c.prepare_cached("INSERT INTO intents(id, goal, inputs, constraints, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![id, i.goal, i.inputs.to_string(), i.constraints.to_string(), now])?;
+    load_intent(c, &id)
+}
+
+pub(crate) fn start_run(c: &Connection, r: NewRun, now: i64) -> Result<RunRecord> {
+    load_intent(c, &r.intent_id)?;
+    let id = new_id();
+    c.prepare_cached("INSERT OR IGNORE INTO partitions(key) VALUES (?1)")?.execute([&r.partition_key])?;
+    c.prepare_cached(
+        "INSERT INTO runs(id, intent_id, recipe, partition_key, workload, concurrency, status, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7)",
+    )?
+    .execute(params![id, r.intent_id, r.recipe, r.partition_key, r.workload.to_string(), r.concurrency, now])?;
+    event(c, &id, "run_created", json!({"recipe": r.recipe, "queuePartitionKey": r.partition_key}), now)?;
+    load_run(c, &id)
+}
+
+/// Claim the oldest queued run of an unpaused partition for CompileST.
+pub(crate) fn claim_compile(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Result<Option<(RunRecord, IntentRecord, u32)>> {
+    let id: Option<String> = c
+        .prepare_cached(
+            "SELECT r.id FROM runs r JOIN partitions p ON p.key = r.partition_key
+             WHERE r.status = 'queued' AND p.paused = 0 ORDER BY r.id LIMIT 1",
+        )?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let Some(id) = id else { return Ok(None) };
+    let mut run = load_run(c, &id)?;
+    transition(c, &mut run, RunStatus::Compiling, now)?;
+    let attempt: u32 = c
+        .prepare_cached(
+            "UPDATE runs SET lease_owner = ?2, lease_expires_at = ?3, compile_attempt = compile_attempt + 1
+             WHERE id = ?1 RETURNING compile_attempt",
+        )?
+        .query_row(params![id, owner, now + lease_ms], |r| r.get(0))?;
+    record_step(c, &run, StepRow { step: Step::Compile, outcome: StepOutcome::Started, err_code: None, detail: Some(format!("by {owner}")) }, now)?;
+    let intent = load_intent(c, &run.intent_id)?;
+    Ok(Some((run, intent, attempt)))
+}
+
+/// Record the outcome of CompileST (fenced by owner and compile attempt).
+pub(crate) fn finish_compile(
+    c: &Connection,
+    run_id: &str,
+    owner: &str,
+    compile_attempt: u32,
+    outcome: std::result::Result<CompiledPlan, (ErrCode, String)>,
+    policy: &machina_core::RetryPolicy,
+    now: i64,
+) -> Result<RunRecord> {
+    let fenced: Option<(String, Option<String>, u32)> = c
+        .prepare_cached("SELECT status, lease_owner, compile_attempt FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((status, lease_owner, attempt)) = fenced else {
+        return Err(LedgerError::not_found("run", run_id));
+    };
+    if status != "compiling" || lease_owner.as_deref() != Some(owner) || attempt != compile_attempt {
+        return Err(LedgerError::StaleLease(format!(
+            "run {run_id} compile attempt {compile_attempt} is no longer held by {owner}"
+        )));
+    }
+    c.prepare_cached("UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1")?.execute([run_id])?;
+    let mut run = load_run(c, run_id)?;
+    match outcome {
+        Ok(compiled) => store_plan(c, &mut run, compiled, now)?,
+        Err((code, message)) => {
+            let row = StepRow { step: Step::Compile, outcome: StepOutcome::Failed, err_code: Some(code.as_str()), detail: Some(message.clone()) };
+            record_step(c, &run, row, now)?;
+            let to = match policy.decide(code, compile_attempt, 0.0) {
+                machina_core::retry::RetryDecision::Retry { .. } => RunStatus::Queued,
+                machina_core::retry::RetryDecision::Terminal => RunStatus::Failed,
+                machina_core::retry::RetryDecision::Exhausted => RunStatus::RetriesExceeded,
+            };
+            transition(c, &mut run, to, now)?;
+            let next = if to == RunStatus::RetriesExceeded { Some("REPAIR") } else if to == RunStatus::Failed { Some("RETRY") } else { None };
+            set_outcome(c, run_id, Some((code.as_str(), &message)), next)?;
+        }
+    }
+    load_run(c, run_id)
+}
+
+fn store_plan(c: &Connection, run: &mut RunRecord, compiled: CompiledPlan, now: i64) -> Result<()> {
+    let bytes = compiled.plan.canonical_bytes();
+    if machina_core::plan::sha256_hex(&bytes) != compiled.plan_sha256 {
+        return Err(LedgerError::Integrity(format!("plan of run {} does not hash to {}", run.id, compiled.plan_sha256)));
+    }
+    crate::tasks::register_artifact(c, &compiled.plan_sha256, bytes.len() as i64, "application/json", now)?;
+    c.prepare_cached("UPDATE runs SET plan_json = ?2, plan_sha256 = ?3 WHERE id = ?1")?.execute(params![
+        run.id,
+        String::from_utf8_lossy(&bytes),
+        compiled.plan_sha256
+    ])?;
+    run.plan_sha256 = Some(compiled.plan_sha256.clone());
+    let detail = Some(format!("plan {} ({} tasks)", compiled.plan_sha256, compiled.plan.tasks.len()));
+    record_step(c, run, StepRow { step: Step::Compile, outcome: StepOutcome::Succeeded, err_code: None, detail }, now)?;
+    record_step(c, run, StepRow { step: Step::Decide, outcome: StepOutcome::Started, err_code: None, detail: None }, now)?;
+    if compiled.approval_required {
+        transition(c, run, RunStatus::WaitingInput, now)?;
+        set_outcome(c, &run.id, None, Some("APPROVE"))?;
+        event(c, &run.id, "approval_required", json!({"planSha256": compiled.plan_sha256}), now)?;
+        Ok(())
+    } else {
+        let approver = format!("recipe:{}", run.recipe);
+        approve_and_fan_out(c, run, &approver, &compiled.plan, now)
+    }
+}
+
+/// ApprovePlan: only from waiting_input, bound to the plan's sha256.
+pub(crate) fn approve(c: &Connection, run_id: &str, approver: &str, expected_sha: Option<&str>, now: i64) -> Result<RunRecord> {
+    let mut run = load_run(c, run_id)?;
+    if run.status != RunStatus::WaitingInput {
+        return Err(LedgerError::IllegalState(format!(
+            "run {run_id} is {}, not waiting_input: only a plan waiting at the approval gate can be approved",
+            run.status
+        )));
+    }
+    let (plan_json, sha): (String, String) = c
+        .prepare_cached("SELECT plan_json, plan_sha256 FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if let Some(expected) = expected_sha.filter(|e| *e != sha) {
+        return Err(LedgerError::Conflict(format!("run {run_id}'s plan is {sha}, not {expected}: review the current plan")));
+    }
+    if machina_core::plan::sha256_hex(plan_json.as_bytes()) != sha {
+        return Err(LedgerError::Integrity(format!("stored plan of run {run_id} does not hash to {sha}")));
+    }
+    let plan: Plan = serde_json::from_str(&plan_json)?;
+    approve_and_fan_out(c, &mut run, approver, &plan, now)?;
+    load_run(c, run_id)
+}
+
+fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan: &Plan, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE runs SET approved_by = ?2, approved_plan_sha256 = plan_sha256, approved_at = ?3, next_action = NULL WHERE id = ?1",
+    )?
+    .execute(params![run.id, approver, now])?;
+    let detail = Some(format!("approved by {approver}"));
+    record_step(c, run, StepRow { step: Step::Decide, outcome: StepOutcome::Succeeded, err_code: None, detail }, now)?;
+    let mut insert = c.prepare_cached(
+        "INSERT INTO tasks(task_key, run_id, idx, partition_key, spec, status, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
+    )?;
+    for (idx, spec) in plan.tasks.iter().enumerate() {
+        let key = task_key(&run.intent_id, &run.id, Step::Execute, spec);
+        insert
+            .execute(params![key, run.id, idx as i64, run.queue_partition_key, serde_json::to_string(spec)?, now])
+            .map_err(|e| match LedgerError::from(e) {
+                LedgerError::Db(m) if m.contains("UNIQUE") => LedgerError::Conflict(format!("task key {key} is already committed")),
+                other => other,
+            })?;
+    }
+    transition(c, run, RunStatus::Executing, now)?;
+    record_step(c, run, StepRow { step: Step::Execute, outcome: StepOutcome::Started, err_code: None, detail: None }, now)?;
+    event(c, &run.id, "tasks_queued", json!({"count": plan.tasks.len()}), now)?;
+    Ok(())
+}
+
+/// RetryRun: resume a failed run from its failed step, under the same id.
+pub(crate) fn retry(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord> {
+    let mut run = load_run(c, run_id)?;
+    match run.status {
+        RunStatus::Succeeded => {
+            return Err(LedgerError::RetryDrift(format!(
+                "run {run_id} already succeeded: retrying would re-run committed work; submit a new run instead"
+            )));
+        }
+        RunStatus::Failed | RunStatus::RetriesExceeded => {}
+        other => {
+            return Err(LedgerError::IllegalState(format!(
+                "run {run_id} is {other}: only failed or retries_exceeded runs can be retried"
+            )));
+        }
+    }
+    c.prepare_cached("UPDATE runs SET generation = generation + 1 WHERE id = ?1")?.execute([run_id])?;
+    run.generation += 1;
+    set_outcome(c, run_id, None, None)?;
+    if run.last_step == Some(Step::Execute) {
+        let n = c
+            .prepare_cached(
+                "UPDATE tasks SET status = 'queued', budget_base = attempt, not_before = 0, updated_at = ?2
+                 WHERE run_id = ?1 AND status IN ('failed', 'canceled')",
+            )?
+            .execute(params![run_id, now])?;
+        transition(c, &mut run, RunStatus::Executing, now)?;
+        let detail = Some(format!("retry {}: {n} tasks requeued", run.generation));
+        record_step(c, &run, StepRow { step: Step::Execute, outcome: StepOutcome::Started, err_code: None, detail }, now)?;
+        event(c, run_id, "tasks_queued", json!({"count": n}), now)?;
+    } else {
+        transition(c, &mut run, RunStatus::Queued, now)?;
+    }
+    load_run(c, run_id)
+}
+
+/// CancelRun: stop a run that has not finished.
+pub(crate) fn cancel(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord> {
+    let mut run = load_run(c, run_id)?;
+    if run.status.is_terminal() {
+        return Err(LedgerError::IllegalState(format!("run {run_id} is already {}; nothing to cancel", run.status)));
+    }
+    transition(c, &mut run, RunStatus::Canceled, now)?;
+    c.prepare_cached(
+        "UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'",
+    )?
+    .execute(params![run_id, now])?;
+    c.prepare_cached("UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, next_action = NULL WHERE id = ?1")?
+        .execute([run_id])?;
+    load_run(c, run_id)
+}
+
+/// Put compiling runs whose worker vanished back in the queue.
+pub(crate) fn reclaim_compiles(c: &Connection, owner: Option<&str>, now: i64) -> Result<usize> {
+    let ids: Vec<String> = c
+        .prepare_cached(
+            "SELECT id FROM runs WHERE status = 'compiling'
+             AND ((?1 IS NULL AND lease_expires_at < ?2) OR lease_owner = ?1)",
+        )?
+        .query_map(params![owner, now], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in &ids {
+        let mut run = load_run(c, id)?;
+        let row = StepRow { step: Step::Compile, outcome: StepOutcome::Failed, err_code: Some("LEASE_LOST"), detail: None };
+        record_step(c, &run, row, now)?;
+        c.prepare_cached("UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1")?.execute([id])?;
+        transition(c, &mut run, RunStatus::Queued, now)?;
+    }
+    Ok(ids.len())
+}

@@ -1,0 +1,256 @@
+//! Tasks: fair claiming under leases, heartbeats, fenced exactly-once completion, reclaim.
+
+use machina_core::retry::RetryDecision;
+use machina_core::{ErrCode, RetryPolicy, RunStatus, Step, StepOutcome, TaskStatus};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::json;
+
+use crate::error::{LedgerError, Result};
+use crate::model::{ClaimedTask, Completion, Heartbeat, TaskReport};
+use crate::runs::{StepRow, event, load_run, record_step, set_outcome, transition};
+
+pub(crate) fn register_artifact(c: &Connection, sha: &str, size: i64, media_type: &str, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO artifacts(sha256, size, media_type, created_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(sha256) DO NOTHING",
+    )?
+    .execute(params![sha, size, media_type, now])?;
+    Ok(())
+}
+
+/// Claim one runnable task, fairly: the partition claimed least recently first,
+/// then within it the run claimed least recently, then the task earliest in the plan.
+/// A run never holds more leases than its concurrency.
+pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Result<Option<ClaimedTask>> {
+    let partitions: Vec<String> = c
+        .prepare_cached(
+            "SELECT p.key FROM partitions p WHERE p.paused = 0
+             AND EXISTS (SELECT 1 FROM tasks t WHERE t.partition_key = p.key AND t.status = 'queued')
+             ORDER BY p.last_claim_seq, p.key",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for pk in partitions {
+        let runs: Vec<String> = c
+            .prepare_cached(
+                "SELECT id FROM runs WHERE partition_key = ?1 AND status = 'executing'
+                 AND leased_tasks < concurrency ORDER BY last_claim_seq, id",
+            )?
+            .query_map([&pk], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for run_id in runs {
+            let task: Option<(i64, String, String)> = c
+                .prepare_cached(
+                    "SELECT id, task_key, spec FROM tasks
+                     WHERE run_id = ?1 AND status = 'queued' AND not_before <= ?2 ORDER BY idx LIMIT 1",
+                )?
+                .query_row(params![run_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((task_id, task_key, spec)) = task else { continue };
+            return lease(c, owner, lease_ms, now, (&pk, &run_id), (task_id, task_key, spec)).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+fn lease(
+    c: &Connection,
+    owner: &str,
+    lease_ms: i64,
+    now: i64,
+    (pk, run_id): (&str, &str),
+    (task_id, task_key, spec): (i64, String, String),
+) -> Result<ClaimedTask> {
+    let seq: i64 = c
+        .prepare_cached("SELECT COALESCE(MAX(last_claim_seq), 0) + 1 FROM partitions")?
+        .query_row([], |r| r.get(0))?;
+    let expires = now + lease_ms;
+    let attempt: u32 = c
+        .prepare_cached(
+            "UPDATE tasks SET status = 'leased', attempt = attempt + 1, lease_owner = ?2,
+             lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1 RETURNING attempt",
+        )?
+        .query_row(params![task_id, owner, expires, now], |r| r.get(0))?;
+    c.prepare_cached("UPDATE runs SET leased_tasks = leased_tasks + 1, last_claim_seq = ?2 WHERE id = ?1")?
+        .execute(params![run_id, seq])?;
+    c.prepare_cached("UPDATE partitions SET last_claim_seq = ?2 WHERE key = ?1")?.execute(params![pk, seq])?;
+    event(c, run_id, "task_claimed", json!({"taskKey": task_key, "attempt": attempt, "owner": owner}), now)?;
+    Ok(ClaimedTask {
+        task_id,
+        task_key,
+        run_id: run_id.to_string(),
+        attempt,
+        spec: serde_json::from_str(&spec)?,
+        lease_expires_at: expires,
+    })
+}
+
+struct Held {
+    task_key: String,
+    run_id: String,
+    budget_base: u32,
+}
+
+/// Check the caller still holds the lease (owner and attempt fence it).
+fn fence(c: &Connection, task_id: i64, owner: &str, attempt: u32) -> Result<Held> {
+    let row: Option<(String, String, Option<String>, u32, String, u32)> = c
+        .prepare_cached("SELECT task_key, status, lease_owner, attempt, run_id, budget_base FROM tasks WHERE id = ?1")?
+        .query_row([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+        .optional()?;
+    let Some((task_key, status, lease_owner, current, run_id, budget_base)) = row else {
+        return Err(LedgerError::not_found("task", task_id.to_string()));
+    };
+    if status != "leased" || lease_owner.as_deref() != Some(owner) || current != attempt {
+        return Err(LedgerError::StaleLease(format!(
+            "task {task_key} attempt {attempt} is not leased to {owner} (status {status}, attempt {current}, owner {})",
+            lease_owner.as_deref().unwrap_or("none")
+        )));
+    }
+    Ok(Held { task_key, run_id, budget_base })
+}
+
+pub(crate) fn heartbeat(c: &Connection, task_id: i64, owner: &str, attempt: u32, lease_ms: i64, now: i64) -> Result<Heartbeat> {
+    let held = fence(c, task_id, owner, attempt)?;
+    let run = load_run(c, &held.run_id)?;
+    if run.status == RunStatus::Canceled {
+        return Ok(Heartbeat::Canceled);
+    }
+    c.prepare_cached("UPDATE tasks SET lease_expires_at = ?2 WHERE id = ?1")?.execute(params![task_id, now + lease_ms])?;
+    Ok(Heartbeat::Renewed)
+}
+
+/// Commit an attempt's outcome. Exactly once per task key: only the current
+/// lease holder can commit, and a committed task is never leased again.
+pub(crate) fn complete(c: &Connection, rep: &TaskReport, policy: &RetryPolicy, jitter: f64, now: i64) -> Result<Completion> {
+    let held = fence(c, rep.task_id, &rep.owner, rep.attempt)?;
+    let outcome = if rep.err_code.is_none() { "succeeded" } else { "failed" };
+    let code = rep.err_code.map(|e| e.as_str());
+    c.prepare_cached(
+        "INSERT INTO attempts(task_key, attempt, owner, outcome, err_code, exit_status, wall_ms, ended_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![held.task_key, rep.attempt, rep.owner, outcome, code, rep.exit_status, rep.wall_ms, now])?;
+    c.prepare_cached("UPDATE runs SET leased_tasks = leased_tasks - 1 WHERE id = ?1")?.execute([&held.run_id])?;
+    for sha in [&rep.stdout_sha256, &rep.stderr_sha256].into_iter().flatten() {
+        // The worker registered the file; make sure the row exists before referencing it.
+        let known: bool = c.prepare_cached("SELECT EXISTS(SELECT 1 FROM artifacts WHERE sha256 = ?1)")?.query_row([sha], |r| r.get(0))?;
+        if !known {
+            return Err(LedgerError::Integrity(format!("artifact {sha} is not registered")));
+        }
+    }
+    let mut run = load_run(c, &held.run_id)?;
+    let task_status = match rep.err_code {
+        None => {
+            c.prepare_cached(
+                "INSERT INTO receipts(effect_key, seen, first_at, last_at) VALUES (?1, 1, ?2, ?2)
+                 ON CONFLICT(effect_key) DO UPDATE SET seen = seen + 1, last_at = excluded.last_at",
+            )?
+            .execute(params![held.task_key, now])?;
+            TaskStatus::Succeeded
+        }
+        Some(code) if run.status != RunStatus::Executing => {
+            let _ = code;
+            TaskStatus::Failed
+        }
+        Some(code) => match policy.decide(code, rep.attempt.saturating_sub(held.budget_base), jitter) {
+            RetryDecision::Retry { delay_ms } => {
+                c.prepare_cached("UPDATE tasks SET not_before = ?2 WHERE id = ?1")?
+                    .execute(params![rep.task_id, now + delay_ms as i64])?;
+                TaskStatus::Queued
+            }
+            RetryDecision::Terminal => TaskStatus::Failed,
+            RetryDecision::Exhausted => TaskStatus::Failed,
+        },
+    };
+    c.prepare_cached(
+        "UPDATE tasks SET status = ?2, lease_owner = NULL, lease_expires_at = NULL, err_code = ?3,
+         exit_status = ?4, stdout_sha256 = ?5, stderr_sha256 = ?6, updated_at = ?7 WHERE id = ?1",
+    )?
+    .execute(params![
+        rep.task_id,
+        task_status.as_str(),
+        code,
+        rep.exit_status,
+        rep.stdout_sha256,
+        rep.stderr_sha256,
+        now
+    ])?;
+    event(
+        c,
+        &held.run_id,
+        "task_finished",
+        json!({"taskKey": held.task_key, "attempt": rep.attempt, "status": task_status, "errCode": code, "exitStatus": rep.exit_status}),
+        now,
+    )?;
+    if run.status == RunStatus::Executing {
+        settle_run(c, &mut run, rep, task_status, policy, held.budget_base, now)?;
+    }
+    Ok(Completion { task_status, run_status: run.status })
+}
+
+/// After a task changed, decide whether its run is done.
+fn settle_run(
+    c: &Connection,
+    run: &mut crate::model::RunRecord,
+    rep: &TaskReport,
+    task_status: TaskStatus,
+    policy: &RetryPolicy,
+    budget_base: u32,
+    now: i64,
+) -> Result<()> {
+    match (task_status, rep.err_code) {
+        (TaskStatus::Failed, Some(code)) => {
+            let exhausted = policy.retry_on.contains(&code);
+            let to = if exhausted { RunStatus::RetriesExceeded } else { RunStatus::Failed };
+            let message = if exhausted {
+                format!("task attempt {} failed with {code}; {} attempts used", rep.attempt, rep.attempt - budget_base)
+            } else {
+                format!("task attempt {} failed with {code}, which is not retried", rep.attempt)
+            };
+            c.prepare_cached("UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'")?
+                .execute(params![run.id, now])?;
+            let row = StepRow { step: Step::Execute, outcome: StepOutcome::Failed, err_code: Some(code.as_str()), detail: Some(message.clone()) };
+            record_step(c, run, row, now)?;
+            transition(c, run, to, now)?;
+            set_outcome(c, &run.id, Some((code.as_str(), &message)), Some(if exhausted { "REPAIR" } else { "RETRY" }))?;
+        }
+        (TaskStatus::Succeeded, _) => {
+            let open: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM tasks WHERE run_id = ?1 AND status != 'succeeded'")?
+                .query_row([&run.id], |r| r.get(0))?;
+            if open == 0 {
+                let row = StepRow { step: Step::Execute, outcome: StepOutcome::Succeeded, err_code: None, detail: None };
+                record_step(c, run, row, now)?;
+                transition(c, run, RunStatus::Succeeded, now)?;
+                set_outcome(c, &run.id, None, None)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Treat leases that expired (or, with `owner`, all of that owner's leases) as LEASE_LOST.
+pub(crate) fn reclaim(c: &Connection, owner: Option<&str>, policy: &RetryPolicy, jitter: f64, now: i64) -> Result<usize> {
+    let stale: Vec<(i64, String, u32, i64)> = c
+        .prepare_cached(
+            "SELECT id, lease_owner, attempt, updated_at FROM tasks WHERE status = 'leased'
+             AND ((?1 IS NULL AND lease_expires_at < ?2) OR lease_owner = ?1)",
+        )?
+        .query_map(params![owner, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (task_id, lease_owner, attempt, leased_at) in &stale {
+        let rep = TaskReport {
+            task_id: *task_id,
+            owner: lease_owner.clone(),
+            attempt: *attempt,
+            err_code: Some(ErrCode::LeaseLost),
+            exit_status: None,
+            stdout_sha256: None,
+            stderr_sha256: None,
+            wall_ms: now - leased_at,
+        };
+        complete(c, &rep, policy, jitter, now)?;
+    }
+    Ok(stale.len())
+}

@@ -1,0 +1,158 @@
+//! The one writer thread of a process, batching concurrent writes into one
+//! `BEGIN IMMEDIATE` transaction (group commit).
+//!
+//! Each job runs inside its own savepoint, so one failing job rolls back only
+//! itself; every job's result is delivered only after the shared COMMIT
+//! returned, so an acknowledged write is durable.
+
+use rusqlite::Connection;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{LedgerError, Result};
+use machina_core::Clock;
+
+/// Most jobs committed together.
+pub const MAX_BATCH: usize = 512;
+/// Jobs waiting for the writer before senders wait too.
+pub const QUEUE_DEPTH: usize = 4096;
+
+/// Where a job's result goes.
+enum Reply<T> {
+    Async(oneshot::Sender<Result<T>>),
+    Blocking(std::sync::mpsc::SyncSender<Result<T>>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, v: Result<T>) {
+        // A caller that gave up waiting is not an error of the writer.
+        let _ = match self {
+            Reply::Async(s) => s.send(v).map_err(drop),
+            Reply::Blocking(s) => s.send(v).map_err(drop),
+        };
+    }
+}
+
+/// A result waiting for the commit outcome.
+type Deliver = Box<dyn FnOnce(Option<&LedgerError>) + Send>;
+
+/// A unit of work for the writer thread.
+trait Job: Send {
+    /// Run against the open transaction; returns whether it failed, and its pending delivery.
+    fn run(self: Box<Self>, conn: &Connection, now: i64) -> (bool, Deliver);
+    /// The job could not run at all.
+    fn fail(self: Box<Self>, err: LedgerError);
+}
+
+struct WriteJob<F, T> {
+    f: F,
+    reply: Reply<T>,
+}
+
+impl<F, T> Job for WriteJob<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection, now: i64) -> (bool, Deliver) {
+        let WriteJob { f, reply } = *self;
+        let res = f(conn, now);
+        let failed = res.is_err();
+        let deliver: Deliver = Box::new(move |commit_err| match commit_err {
+            Some(e) => reply.send(Err(e.clone())),
+            None => reply.send(res),
+        });
+        (failed, deliver)
+    }
+
+    fn fail(self: Box<Self>, err: LedgerError) {
+        self.reply.send(Err(err));
+    }
+}
+
+/// Sending half; cloning is cheap.
+#[derive(Clone)]
+pub(crate) struct WriterHandle {
+    tx: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl WriterHandle {
+    pub(crate) fn spawn(conn: Connection, clock: Arc<dyn Clock>) -> Result<(Self, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let handle = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || run(conn, rx, clock))
+            .map_err(|e| LedgerError::Io(format!("cannot start the ledger writer thread: {e}")))?;
+        Ok((Self { tx }, handle))
+    }
+
+    /// Run `f` in the next group commit; resolves after COMMIT.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+    {
+        let (otx, orx) = oneshot::channel();
+        let job = Box::new(WriteJob { f, reply: Reply::Async(otx) });
+        self.tx.send(job).await.map_err(|_| LedgerError::Closed)?;
+        orx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Same as [`write`](Self::write), for a thread outside the async runtime.
+    pub(crate) fn write_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+    {
+        let (otx, orx) = std::sync::mpsc::sync_channel(1);
+        let job = Box::new(WriteJob { f, reply: Reply::Blocking(otx) });
+        self.tx.blocking_send(job).map_err(|_| LedgerError::Closed)?;
+        orx.recv().map_err(|_| LedgerError::Closed)?
+    }
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Clock>) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, &mut batch, clock.now_ms());
+    }
+    tracing::debug!("ledger writer: all handles dropped, exiting");
+}
+
+fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = LedgerError::from(e);
+        for job in batch.drain(..) {
+            job.fail(err.clone());
+        }
+        return;
+    }
+    let mut delivers = Vec::with_capacity(batch.len());
+    for job in batch.drain(..) {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            job.fail(LedgerError::from(e));
+            continue;
+        }
+        let (failed, deliver) = job.run(conn, now);
+        let end = if failed { "ROLLBACK TO job; RELEASE job" } else { "RELEASE job" };
+        if let Err(e) = conn.execute_batch(end) {
+            tracing::error!(error = %e, "ledger writer: ending a savepoint failed");
+        }
+        delivers.push(deliver);
+    }
+    let commit_err = conn.execute_batch("COMMIT").err().map(LedgerError::from);
+    if let Some(e) = &commit_err {
+        tracing::error!(error = %e, "ledger writer: COMMIT failed; the batch was rolled back");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for d in delivers {
+        d(commit_err.as_ref());
+    }
+}
