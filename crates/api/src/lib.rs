@@ -1,1 +1,82 @@
-//! placeholder
+//! machina-api: the HTTP API over the ledger.
+//!
+//! Routes live in `routes/` (one file per resource); this module builds the
+//! router with its layers: request ids on every request and response, bearer
+//! auth on everything but /health and /metrics, and the body size limit.
+
+pub mod daemon;
+pub mod error;
+pub mod extract;
+mod metrics;
+mod routes;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use machina_core::config::Settings;
+use machina_core::{ErrorKind, RecipeBook};
+use machina_ledger::Ledger;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::extract::{REQUEST_ID_HEADER, RequestId};
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct AppState {
+    /// The ledger.
+    pub ledger: Ledger,
+    /// Recipes known to this process.
+    pub recipes: Arc<RecipeBook>,
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+    /// The bearer token clients must present.
+    pub token: Arc<String>,
+    /// Cancelled at shutdown: long-lived streams end so the server can drain.
+    pub shutdown: CancellationToken,
+}
+
+/// The full router.
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.api.body_limit_bytes;
+    let protected = routes::protected().route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(protected)
+        .merge(routes::open())
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let rid = match RequestId::from_header(req.headers().get(REQUEST_ID_HEADER)) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let span = tracing::info_span!("request", request_id = %rid.id, method = %req.method(), path = %req.uri().path());
+    let header = HeaderValue::from_str(&rid.id).ok();
+    req.extensions_mut().insert(rid);
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), "request done"));
+    if let Some(h) = header {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, h);
+    }
+    resp
+}
+
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if bool::from(t.as_bytes().ct_eq(st.token.as_bytes())) => next.run(req).await,
+        Some(_) => ApiError::new(ErrorKind::Unauthorized, "the bearer token is not valid").into_response(),
+        None => ApiError::new(ErrorKind::Unauthorized, "missing Authorization: Bearer <token> header").into_response(),
+    }
+}

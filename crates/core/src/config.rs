@@ -184,6 +184,43 @@ impl Settings {
     }
 }
 
+/// The drop-in directories a system installation reads, lowest priority first.
+pub const SYSTEM_CONFIG_DIRS: [&str; 3] = ["/usr/lib/machina/config.d", "/etc/machina/config.d", "/run/machina/config.d"];
+
+/// Exit status for configuration errors (EX_CONFIG); units set RestartPreventExitStatus=78.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Options every machina daemon accepts on its command line.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonPaths {
+    /// Drop-in directories; empty means [`SYSTEM_CONFIG_DIRS`].
+    pub config_dirs: Vec<PathBuf>,
+    /// State directory override (wins over `STATE_DIRECTORY` and the config).
+    pub state_dir: Option<PathBuf>,
+    /// The value of `STATE_DIRECTORY` systemd handed over, if any.
+    pub systemd_state_directory: Option<String>,
+}
+
+impl Settings {
+    /// Load settings the way a daemon does: drop-ins, then systemd's
+    /// `STATE_DIRECTORY` (its first entry), then the command line.
+    pub fn load_for_daemon(p: &DaemonPaths) -> Result<Self, ConfigError> {
+        let dirs: Vec<PathBuf> = if p.config_dirs.is_empty() {
+            SYSTEM_CONFIG_DIRS.iter().map(PathBuf::from).collect()
+        } else {
+            p.config_dirs.clone()
+        };
+        let mut s = Self::load(&dirs)?;
+        if let Some(first) = p.systemd_state_directory.as_deref().and_then(|v| v.split(':').next()).filter(|v| !v.is_empty()) {
+            s.state_dir = PathBuf::from(first);
+        }
+        if let Some(d) = &p.state_dir {
+            s.state_dir = d.clone();
+        }
+        Ok(s)
+    }
+}
+
 fn merge(into: &mut toml::Table, from: toml::Table) {
     for (k, v) in from {
         match (into.get_mut(&k), v) {

@@ -25,6 +25,8 @@ pub enum ErrCode {
     LeaseLost,
     /// The compiled plan is invalid for its recipe.
     PlanInvalid,
+    /// The run was canceled while the task ran; the task was killed.
+    Canceled,
 }
 
 impl ErrCode {
@@ -38,6 +40,7 @@ impl ErrCode {
         Self::PolicyDenied,
         Self::LeaseLost,
         Self::PlanInvalid,
+        Self::Canceled,
     ];
 
     /// The stable string.
@@ -51,6 +54,7 @@ impl ErrCode {
             Self::PolicyDenied => "POLICY_DENIED",
             Self::LeaseLost => "LEASE_LOST",
             Self::PlanInvalid => "PLAN_INVALID",
+            Self::Canceled => "CANCELED",
         }
     }
 }

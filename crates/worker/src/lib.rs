@@ -1,1 +1,219 @@
-//! placeholder
+//! machina-worker: claims work from the ledger and runs it.
+//!
+//! Each slot of a worker loops: reclaim expired leases, claim a queued run for
+//! CompileST (render its plan from the recipe) or a task (run its tool under a
+//! lease, heartbeating), commit the outcome, and when there is nothing to do,
+//! wait for the fallback poll or shutdown. Shutdown stops claiming and lets
+//! in-flight tasks finish.
+
+pub mod daemon;
+pub mod shell;
+
+use machina_core::config::Settings;
+use machina_core::recipe::Workload;
+use machina_core::{ErrCode, RecipeBook};
+use machina_ledger::{ClaimedTask, CompileJob, CompiledPlan, Heartbeat, Ledger, LedgerError, TaskReport};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::shell::{RunLimits, ShellPolicy};
+
+/// A worker process's shared parts.
+#[derive(Clone)]
+pub struct Worker {
+    /// Lease owner name (the systemd instance name).
+    pub id: String,
+    ledger: Ledger,
+    recipes: Arc<RecipeBook>,
+    settings: Arc<Settings>,
+    shell: Arc<ShellPolicy>,
+}
+
+/// Did a slot find work?
+enum Step {
+    Worked,
+    Idle,
+}
+
+impl Worker {
+    /// A worker named `id`.
+    pub fn new(id: String, ledger: Ledger, recipes: RecipeBook, settings: Settings) -> Self {
+        let shell = Arc::new(ShellPolicy::new(&settings.tools.shell));
+        Self { id, ledger, recipes: Arc::new(recipes), settings: Arc::new(settings), shell }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        (self.settings.worker.lease_secs * 1000) as i64
+    }
+
+    /// Run `slots` loops until `shutdown`, then wait for in-flight work.
+    pub async fn run(self, slots: usize, shutdown: CancellationToken) -> Result<(), LedgerError> {
+        // A restarted worker's old leases are certainly stale: reclaim them now, not at expiry.
+        let n = self.ledger.reclaim(Some(&self.id)).await?;
+        if n > 0 {
+            tracing::warn!(worker = %self.id, reclaimed = n, "reclaimed leases left by a previous run of this worker");
+        }
+        let tracker = TaskTracker::new();
+        for slot in 0..slots.max(1) {
+            let (w, stop) = (self.clone(), shutdown.clone());
+            tracker.spawn(async move { w.slot_loop(slot, stop).await });
+        }
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!(worker = %self.id, "worker drained");
+        Ok(())
+    }
+
+    async fn slot_loop(&self, slot: usize, shutdown: CancellationToken) {
+        let poll = Duration::from_millis(self.settings.worker.poll_ms);
+        while !shutdown.is_cancelled() {
+            match self.step().await {
+                Ok(Step::Worked) => continue,
+                Ok(Step::Idle) => {}
+                Err(e) => tracing::warn!(worker = %self.id, slot, error = %e, kind = %e.kind(), "worker step failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// One unit of work: reclaim, then a compile, else a task.
+    async fn step(&self) -> Result<Step, LedgerError> {
+        self.ledger.reclaim(None).await?;
+        if let Some(job) = self.ledger.claim_compile(&self.id, self.lease_ms()).await? {
+            self.compile(job).await?;
+            return Ok(Step::Worked);
+        }
+        if let Some(task) = self.ledger.claim_task(&self.id, self.lease_ms()).await? {
+            self.execute(task).await?;
+            return Ok(Step::Worked);
+        }
+        Ok(Step::Idle)
+    }
+
+    async fn compile(&self, job: CompileJob) -> Result<(), LedgerError> {
+        let outcome = self.render(&job).await;
+        if let Err((code, msg)) = &outcome {
+            tracing::warn!(run_id = %job.run.id, err_code = %code, "compile failed: {msg}");
+        }
+        let run = self.ledger.finish_compile(&job, &self.id, outcome).await?;
+        tracing::info!(run_id = %run.id, status = %run.status, "CompileST done");
+        Ok(())
+    }
+
+    async fn render(&self, job: &CompileJob) -> Result<CompiledPlan, (ErrCode, String)> {
+        let invalid = |m: String| (ErrCode::PlanInvalid, m);
+        let recipe = self
+            .recipes
+            .get(&job.run.recipe)
+            .ok_or_else(|| invalid(format!("recipe {:?} is not known to worker {}", job.run.recipe, self.id)))?;
+        let workload: Workload = serde_json::from_value(job.run.workload.clone()).map_err(|e| invalid(format!("workload: {e}")))?;
+        let plan = recipe.render(&job.intent.inputs, &workload).map_err(|e| invalid(e.to_string()))?;
+        let sha = self
+            .ledger
+            .put_artifact(plan.canonical_bytes(), "application/json")
+            .await
+            .map_err(|e| (ErrCode::BootFail, format!("storing the plan: {e}")))?;
+        Ok(CompiledPlan { plan, plan_sha256: sha, approval_required: recipe.approval_required })
+    }
+
+    async fn execute(&self, task: ClaimedTask) -> Result<(), LedgerError> {
+        let span = tracing::info_span!("task", run_id = %task.run_id, task_key = %task.task_key, attempt = task.attempt);
+        tracing::Instrument::instrument(self.execute_in_span(task), span).await
+    }
+
+    async fn execute_in_span(&self, task: ClaimedTask) -> Result<(), LedgerError> {
+        let dir = self.settings.state_dir.join("tasks").join(&task.task_key);
+        let outcome = match prepare_dir(&dir) {
+            Err(e) => shell::ShellOutcome {
+                err_code: Some(ErrCode::BootFail),
+                exit_status: None,
+                stdout: Vec::new(),
+                stderr: format!("cannot prepare task directory {}: {e}", dir.display()).into_bytes(),
+                wall_ms: 0,
+            },
+            Ok(()) => match self.run_with_heartbeat(&task, &dir).await {
+                Some(o) => o,
+                None => return Ok(()), // lease lost: the new holder commits, not us
+            },
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        let stdout = self.ledger.put_artifact(outcome.stdout, "text/plain").await?;
+        let stderr = self.ledger.put_artifact(outcome.stderr, "text/plain").await?;
+        let report = TaskReport {
+            task_id: task.task_id,
+            owner: self.id.clone(),
+            attempt: task.attempt,
+            err_code: outcome.err_code,
+            exit_status: outcome.exit_status,
+            stdout_sha256: Some(stdout),
+            stderr_sha256: Some(stderr),
+            wall_ms: outcome.wall_ms,
+        };
+        match self.ledger.complete_task(report).await {
+            Ok(done) => {
+                let code = outcome.err_code.map(|c| c.as_str()).unwrap_or("");
+                tracing::info!(err_code = code, task_status = %done.task_status, run_status = %done.run_status, "task committed");
+                Ok(())
+            }
+            Err(LedgerError::StaleLease(m)) => {
+                tracing::warn!("result discarded, lease lost: {m}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Run the task's tool, renewing the lease; None if the lease was lost.
+    async fn run_with_heartbeat(&self, task: &ClaimedTask, dir: &std::path::Path) -> Option<shell::ShellOutcome> {
+        let cancel = CancellationToken::new();
+        let limits = RunLimits {
+            timeout: Duration::from_secs(task.spec.timeout_secs),
+            output_cap: self.settings.worker.output_cap_bytes,
+        };
+        let env = [("MACHINA_TASK_KEY", task.task_key.clone()), ("MACHINA_ATTEMPT", task.attempt.to_string())];
+        let run = async {
+            match task.spec.tool.as_str() {
+                "shell" => shell::run(&self.shell, &task.spec.argv, dir, &env, &limits, cancel.clone()).await,
+                other => shell::ShellOutcome {
+                    err_code: Some(ErrCode::PolicyDenied),
+                    exit_status: None,
+                    stdout: Vec::new(),
+                    stderr: format!("tool {other:?} is not available in this worker").into_bytes(),
+                    wall_ms: 0,
+                },
+            }
+        };
+        tokio::pin!(run);
+        let mut beat = tokio::time::interval(Duration::from_millis((self.lease_ms() / 3).max(1) as u64));
+        beat.tick().await;
+        let mut lost = false;
+        loop {
+            tokio::select! {
+                out = &mut run => return (!lost).then_some(out),
+                _ = beat.tick() => match self.ledger.heartbeat(task, &self.id, self.lease_ms()).await {
+                    Ok(Heartbeat::Renewed) => {}
+                    Ok(Heartbeat::Canceled) => cancel.cancel(),
+                    Err(LedgerError::StaleLease(m)) => {
+                        tracing::warn!("lease lost, killing the task: {m}");
+                        lost = true;
+                        cancel.cancel();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+                },
+            }
+        }
+    }
+}
+
+fn prepare_dir(dir: &PathBuf) -> std::io::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)
+}

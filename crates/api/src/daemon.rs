@@ -1,0 +1,139 @@
+//! The `machina-api` process: settings, token, ledger, listener, graceful shutdown.
+
+use anyhow::Context;
+use clap::Parser;
+use machina_core::RecipeBook;
+use machina_core::config::{ConfigError, DaemonPaths, EXIT_CONFIG, Settings};
+use machina_ledger::{Ledger, LedgerOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+
+/// Name of the systemd credential holding the API token.
+pub const TOKEN_CREDENTIAL: &str = "api-token";
+/// Shortest token accepted.
+pub const TOKEN_MIN_LEN: usize = 16;
+
+/// Command line of machina-api.
+#[derive(Debug, Parser)]
+#[command(name = "machina-api", version, about = "machina's HTTP API")]
+pub struct Args {
+    /// Configuration drop-in directory (repeatable; default: the system directories).
+    #[arg(long = "config-dir")]
+    pub config_dirs: Vec<PathBuf>,
+    /// State directory (overrides STATE_DIRECTORY and the configuration).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Address to listen on (overrides api.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    init_logging();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("machina-api: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+/// Log to stderr (journald picks it up under systemd); `MACHINA_LOG` sets the filter.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MACHINA_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Read the bearer token: `api.token_file`, else the `api-token` systemd credential.
+pub fn load_token(settings: &Settings, credentials_dir: Option<PathBuf>) -> Result<String, ConfigError> {
+    let path = match (&settings.api.token_file, credentials_dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(dir)) => dir.join(TOKEN_CREDENTIAL),
+        (None, None) => {
+            return Err(ConfigError(format!(
+                "no API token: set api.token_file, or pass the {TOKEN_CREDENTIAL} credential (LoadCredential=)"
+            )));
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError(format!("API token {}: {e}", path.display())))?;
+    let token = text.trim().to_string();
+    if token.len() < TOKEN_MIN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError(format!(
+            "API token in {} must be at least {TOKEN_MIN_LEN} printable characters without spaces",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let paths = DaemonPaths {
+        config_dirs: args.config_dirs,
+        state_dir: args.state_dir,
+        systemd_state_directory: std::env::var("STATE_DIRECTORY").ok(),
+    };
+    let mut settings = Settings::load_for_daemon(&paths)?;
+    if let Some(l) = args.listen {
+        settings.api.listen = l;
+    }
+    let token = load_token(&settings, std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))?;
+    let recipes = RecipeBook::load(settings.recipes_dir.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
+    let mut opts = LedgerOptions::new(&settings.state_dir);
+    opts.retry = settings.retry.clone();
+    let ledger = tokio::task::spawn_blocking(move || Ledger::open(opts))
+        .await?
+        .context("opening the ledger")?;
+    let listener = tokio::net::TcpListener::bind(&settings.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.api.listen))?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        ledger,
+        recipes: Arc::new(recipes),
+        settings: Arc::new(settings),
+        token: Arc::new(token),
+        shutdown: shutdown.clone(),
+    };
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    tracing::info!(%addr, "machina-api listening");
+    serve(listener, state, shutdown).await
+}
+
+/// Serve until `shutdown` is cancelled, then drain in-flight requests.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = crate::router(state);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    tracing::info!("machina-api stopped");
+    Ok(())
+}
+
+/// Cancel `token` on SIGTERM or SIGINT.
+pub async fn wait_for_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    token.cancel();
+}
+

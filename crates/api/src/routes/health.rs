@@ -1,0 +1,26 @@
+//! GET /health and GET /metrics (open: no token).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiResult;
+
+pub(crate) async fn health(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+    let pragmas = st.ledger.pragmas().await?;
+    Ok(Json(json!({
+        "status": "ok",
+        "version": machina_core::APP_VERSION,
+        "schemaVersion": machina_ledger::SCHEMA_VERSION,
+        "ledger": pragmas,
+    })))
+}
+
+pub(crate) async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
+    let stats = st.ledger.stats().await?;
+    let text = crate::metrics::render(&stats);
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}

@@ -1,0 +1,32 @@
+//! Route table: one module per resource.
+
+mod artifacts;
+mod events;
+mod health;
+mod intents;
+mod runs;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::AppState;
+
+/// Routes that need the bearer token.
+pub(crate) fn protected() -> Router<AppState> {
+    Router::new()
+        .route("/intents", post(intents::create))
+        .route("/intents/{id}/run", post(intents::start_run))
+        .route("/enqueue", post(intents::enqueue))
+        .route("/runs", get(runs::list))
+        .route("/runs/{id}", get(runs::get))
+        .route("/runs/{id}/approve-plan", post(runs::approve))
+        .route("/runs/{id}/retry", post(runs::retry))
+        .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/runs/{id}/events", get(events::list_or_stream))
+        .route("/artifacts/{sha256}", get(artifacts::get))
+}
+
+/// Routes open to anyone who can reach the socket.
+pub(crate) fn open() -> Router<AppState> {
+    Router::new().route("/health", get(health::health)).route("/metrics", get(health::metrics))
+}

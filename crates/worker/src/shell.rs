@@ -1,0 +1,271 @@
+//! The `shell` tool: an allowlisted executable run with an argv (never a shell
+//! string), a cleared environment, its own directory and process group, a
+//! wall-clock timeout that kills the whole group, and capped output.
+//!
+//! The child is started with posix_spawn (no `pre_exec` hook), so spawning
+//! costs the same whatever the worker's size. Confinement that must happen in
+//! the child (landlock, capabilities, rlimits) will be applied by a small
+//! exec wrapper placed in front of argv, keeping this path fork-free.
+
+use machina_core::ErrCode;
+use machina_core::config::ShellSettings;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::collections::BTreeSet;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
+
+/// PATH given to tasks.
+const TASK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The allowlist, resolved to canonical paths once.
+#[derive(Debug, Clone)]
+pub struct ShellPolicy {
+    allowed: BTreeSet<PathBuf>,
+    env_allow: Vec<String>,
+}
+
+/// What one run of the tool produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellOutcome {
+    /// None on success.
+    pub err_code: Option<ErrCode>,
+    /// Exit code, or 128 + signal number.
+    pub exit_status: Option<i32>,
+    /// Captured stdout (capped).
+    pub stdout: Vec<u8>,
+    /// Captured stderr (capped), or the policy/boot error message.
+    pub stderr: Vec<u8>,
+    /// Wall time.
+    pub wall_ms: i64,
+}
+
+impl ShellOutcome {
+    fn refused(code: ErrCode, message: String) -> Self {
+        Self { err_code: Some(code), exit_status: None, stdout: Vec::new(), stderr: message.into_bytes(), wall_ms: 0 }
+    }
+}
+
+impl ShellPolicy {
+    /// Resolve the allowlist; entries that do not exist are dropped with a warning.
+    pub fn new(s: &ShellSettings) -> Self {
+        let mut allowed = BTreeSet::new();
+        for p in &s.allow {
+            match std::fs::canonicalize(p) {
+                Ok(c) => {
+                    allowed.insert(c);
+                }
+                Err(e) => tracing::warn!(path = %p.display(), "shell allowlist entry ignored: {e}"),
+            }
+        }
+        Self { allowed, env_allow: s.env_allow.clone() }
+    }
+
+    /// The canonical executable for `argv0`, if the policy allows it.
+    pub fn resolve(&self, argv0: &str) -> Result<PathBuf, String> {
+        let p = Path::new(argv0);
+        if !p.is_absolute() {
+            return Err(format!("executable {argv0:?} must be an absolute path"));
+        }
+        let canonical = std::fs::canonicalize(p).map_err(|e| format!("executable {argv0:?} is not on the allowlist ({e})"))?;
+        if self.allowed.contains(&canonical) {
+            Ok(canonical)
+        } else {
+            Err(format!("executable {argv0:?} (resolves to {}) is not on the allowlist", canonical.display()))
+        }
+    }
+}
+
+/// Limits of one run.
+#[derive(Debug, Clone)]
+pub struct RunLimits {
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// Bytes kept of stdout and of stderr.
+    pub output_cap: usize,
+}
+
+/// Run `argv` in `dir`. `cancel` kills the process group early (run canceled, lease lost).
+pub async fn run(
+    policy: &ShellPolicy,
+    argv: &[String],
+    dir: &Path,
+    extra_env: &[(&str, String)],
+    limits: &RunLimits,
+    cancel: CancellationToken,
+) -> ShellOutcome {
+    let Some(argv0) = argv.first() else {
+        return ShellOutcome::refused(ErrCode::PolicyDenied, "empty argv".into());
+    };
+    let exe = match policy.resolve(argv0) {
+        Ok(p) => p,
+        Err(m) => return ShellOutcome::refused(ErrCode::PolicyDenied, m),
+    };
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PATH", TASK_PATH)
+        .env("HOME", dir)
+        .current_dir(dir)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for k in &policy.env_allow {
+        if let Ok(v) = std::env::var(k) {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return ShellOutcome::refused(ErrCode::BootFail, format!("cannot start {}: {e}", exe.display())),
+    };
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let out = tokio::spawn(read_capped(child.stdout.take(), limits.output_cap));
+    let err = tokio::spawn(read_capped(child.stderr.take(), limits.output_cap));
+    let mut err_code = None;
+    let status = tokio::select! {
+        s = child.wait() => s.ok(),
+        _ = tokio::time::sleep(limits.timeout) => { err_code = Some(ErrCode::Timeout); None }
+        _ = cancel.cancelled() => { err_code = Some(ErrCode::Canceled); None }
+    };
+    // Kill the whole group: on timeout/cancel, and after a normal exit to reap
+    // anything the task left behind holding its pipes open.
+    if let Some(pg) = pgid {
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
+    let status = match status {
+        Some(s) => Some(s),
+        None => child.wait().await.ok(),
+    };
+    let stdout = out.await.unwrap_or_default();
+    let stderr = err.await.unwrap_or_default();
+    let exit_status = status.map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
+    if err_code.is_none() && exit_status != Some(0) {
+        err_code = Some(ErrCode::CmdNonzero);
+    }
+    ShellOutcome { err_code, exit_status, stdout, stderr, wall_ms: started.elapsed().as_millis() as i64 }
+}
+
+/// Read everything, keeping the first `cap` bytes and a marker saying how much was dropped.
+async fn read_capped(r: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
+    let Some(mut r) = r else { return Vec::new() };
+    let mut kept = Vec::new();
+    let mut dropped: u64 = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                dropped += n.saturating_sub(room) as u64;
+            }
+        }
+    }
+    if dropped > 0 {
+        kept.extend_from_slice(format!("\n[machina: output truncated at {cap} bytes; {dropped} bytes dropped]\n").as_bytes());
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow: &[&str]) -> ShellPolicy {
+        ShellPolicy::new(&ShellSettings { allow: allow.iter().map(PathBuf::from).collect(), env_allow: vec![] })
+    }
+
+    fn limits(ms: u64, cap: usize) -> RunLimits {
+        RunLimits { timeout: Duration::from_millis(ms), output_cap: cap }
+    }
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn runs_allowed_command_with_cleared_env_in_its_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(&["/usr/bin/env", "/usr/bin/pwd"]);
+        let env = [("MACHINA_TASK_KEY", "k1".to_string())];
+        let o = run(&p, &argv(&["/usr/bin/env"]), dir.path(), &env, &limits(5000, 4096), CancellationToken::new()).await;
+        assert_eq!(o.err_code, None, "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8(o.stdout).unwrap();
+        assert!(text.contains("MACHINA_TASK_KEY=k1"));
+        assert!(!text.contains("CARGO"), "environment must be cleared: {text}");
+        let o = run(&p, &argv(&["/usr/bin/pwd"]), dir.path(), &[], &limits(5000, 4096), CancellationToken::new()).await;
+        let canonical = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), canonical.to_str().unwrap());
+    }
+
+    #[tokio::test]
+    async fn off_allowlist_and_relative_paths_are_denied() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(&["/usr/bin/true"]);
+        for a in [&["/usr/bin/id"][..], &["true"][..], &["/nonexistent/x"][..]] {
+            let o = run(&p, &argv(a), dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
+            assert_eq!(o.err_code, Some(ErrCode::PolicyDenied), "{a:?}");
+            assert_eq!(o.exit_status, None, "nothing ran");
+        }
+    }
+
+    #[tokio::test]
+    async fn symlinks_resolve_before_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("innocent");
+        std::os::unix::fs::symlink("/usr/bin/id", &link).unwrap();
+        let p = policy(&["/usr/bin/true"]);
+        let o = run(&p, &argv(&[link.to_str().unwrap()]), dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
+        assert_eq!(o.err_code, Some(ErrCode::PolicyDenied));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("/usr/bin/id"));
+    }
+
+    #[tokio::test]
+    async fn nonzero_exit_and_timeout_kill_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(&["/usr/bin/false", "/usr/bin/sleep"]);
+        let o = run(&p, &argv(&["/usr/bin/false"]), dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
+        assert_eq!((o.err_code, o.exit_status), (Some(ErrCode::CmdNonzero), Some(1)));
+        let o = run(&p, &argv(&["/usr/bin/sleep", "30"]), dir.path(), &[], &limits(200, 64), CancellationToken::new()).await;
+        assert_eq!(o.err_code, Some(ErrCode::Timeout));
+        assert_eq!(o.exit_status, Some(128 + 9));
+        assert!(o.wall_ms < 10_000);
+    }
+
+    #[tokio::test]
+    async fn output_is_capped_with_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(&["/usr/bin/seq"]);
+        let o = run(&p, &argv(&["/usr/bin/seq", "1", "100000"]), dir.path(), &[], &limits(5000, 100), CancellationToken::new()).await;
+        assert_eq!(o.err_code, None);
+        let text = String::from_utf8(o.stdout).unwrap();
+        assert!(text.starts_with("1\n2\n3\n"));
+        assert!(text.contains("[machina: output truncated at 100 bytes;"), "{text}");
+        assert!(text.len() < 200);
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(&["/usr/bin/sleep"]);
+        let token = CancellationToken::new();
+        let t2 = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            t2.cancel();
+        });
+        let o = run(&p, &argv(&["/usr/bin/sleep", "30"]), dir.path(), &[], &limits(60_000, 64), token).await;
+        assert_eq!(o.err_code, Some(ErrCode::Canceled));
+    }
+}
