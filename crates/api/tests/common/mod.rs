@@ -1,0 +1,96 @@
+//! A real machina API on a loopback port over a real ledger in a temp dir.
+
+#![allow(dead_code)]
+
+use machina_api::AppState;
+use machina_core::RecipeBook;
+use machina_core::config::Settings;
+use machina_ledger::{Ledger, LedgerOptions};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+pub struct Server {
+    pub base: String,
+    pub ledger: Ledger,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings { state_dir: dir.path().join("state"), recipes_dir: None, ..Settings::default() };
+    settings.worker.poll_ms = 20;
+    tweak(&mut settings);
+    let ledger = Ledger::open(LedgerOptions::new(&settings.state_dir)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        ledger: ledger.clone(),
+        recipes: Arc::new(RecipeBook::builtin()),
+        settings: Arc::new(settings.clone()),
+        token: Arc::new(TOKEN.to_string()),
+        shutdown: shutdown.clone(),
+    };
+    tokio::spawn(machina_api::daemon::serve(listener, state, shutdown.clone()));
+    Server { base, ledger, settings, http: reqwest::Client::new(), shutdown, dir }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(self.url(path)).bearer_auth(TOKEN).header("content-type", "application/json")
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(TOKEN)
+    }
+
+    /// Send and return (status, JSON body).
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> (u16, Value) {
+        let resp = rb.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// POST /enqueue of the demo recipe; returns the run id.
+    pub async fn enqueue_demo(&self, words: &[&str]) -> String {
+        let body = json!({"goal": "greet", "inputs": {"words": words}, "recipe": "demo", "queuePartitionKey": "p1"});
+        let (status, v) = self.send(self.post("/enqueue").json(&body)).await;
+        assert_eq!(status, 202, "{v}");
+        v["run"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Start an in-process worker (real child processes for tasks).
+    pub fn spawn_worker(&self, id: &str) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let w = machina_worker::Worker::new(id.into(), self.ledger.clone(), RecipeBook::builtin(), self.settings.clone());
+        tokio::spawn(w.run(1, stop.clone()));
+        stop
+    }
+
+    /// Poll GET /runs/{id} until its status is one of `want`.
+    pub async fn wait_status(&self, run: &str, want: &[&str]) -> Value {
+        for _ in 0..1000 {
+            let (_, v) = self.send(self.get(&format!("/runs/{run}"))).await;
+            if want.contains(&v["status"].as_str().unwrap_or("")) {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("run {run} never reached {want:?}");
+    }
+}
