@@ -48,6 +48,7 @@ CREATE TABLE runs (
     lease_owner          TEXT,
     lease_expires_at     INTEGER,
     compile_attempt      INTEGER NOT NULL DEFAULT 0,
+    compile_budget_base  INTEGER NOT NULL DEFAULT 0,
     leased_tasks         INTEGER NOT NULL DEFAULT 0 CHECK (leased_tasks >= 0),
     last_claim_seq       INTEGER NOT NULL DEFAULT 0,
     created_at           INTEGER NOT NULL,

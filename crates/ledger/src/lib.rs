@@ -257,7 +257,7 @@ impl Ledger {
         self.writer
             .write(move |c, now| {
                 let n = tasks::reclaim(c, owner.as_deref(), &policy, jitter, now)?;
-                Ok(n + runs::reclaim_compiles(c, owner.as_deref(), now)?)
+                Ok(n + runs::reclaim_compiles(c, owner.as_deref(), &policy, now)?)
             })
             .await
     }

@@ -173,11 +173,11 @@ pub(crate) fn finish_compile(
     policy: &machina_core::RetryPolicy,
     now: i64,
 ) -> Result<RunRecord> {
-    let fenced: Option<(String, Option<String>, u32)> = c
-        .prepare_cached("SELECT status, lease_owner, compile_attempt FROM runs WHERE id = ?1")?
-        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    let fenced: Option<(String, Option<String>, u32, u32)> = c
+        .prepare_cached("SELECT status, lease_owner, compile_attempt, compile_budget_base FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
-    let Some((status, lease_owner, attempt)) = fenced else {
+    let Some((status, lease_owner, attempt, budget_base)) = fenced else {
         return Err(LedgerError::not_found("run", run_id));
     };
     if status != "compiling" || lease_owner.as_deref() != Some(owner) || attempt != compile_attempt {
@@ -190,19 +190,34 @@ pub(crate) fn finish_compile(
     match outcome {
         Ok(compiled) => store_plan(c, &mut run, compiled, now)?,
         Err((code, message)) => {
-            let row = StepRow { step: Step::Compile, outcome: StepOutcome::Failed, err_code: Some(code.as_str()), detail: Some(message.clone()) };
-            record_step(c, &run, row, now)?;
-            let to = match policy.decide(code, compile_attempt, 0.0) {
-                machina_core::retry::RetryDecision::Retry { .. } => RunStatus::Queued,
-                machina_core::retry::RetryDecision::Terminal => RunStatus::Failed,
-                machina_core::retry::RetryDecision::Exhausted => RunStatus::RetriesExceeded,
-            };
-            transition(c, &mut run, to, now)?;
-            let next = if to == RunStatus::RetriesExceeded { Some("REPAIR") } else if to == RunStatus::Failed { Some("RETRY") } else { None };
-            set_outcome(c, run_id, Some((code.as_str(), &message)), next)?;
+            fail_compile(c, &mut run, code, &message, compile_attempt.saturating_sub(budget_base), policy, now)?
         }
     }
     load_run(c, run_id)
+}
+
+/// CompileST failed after `attempts_used` tries this generation: requeue, fail, or give up.
+fn fail_compile(
+    c: &Connection,
+    run: &mut RunRecord,
+    code: ErrCode,
+    message: &str,
+    attempts_used: u32,
+    policy: &machina_core::RetryPolicy,
+    now: i64,
+) -> Result<()> {
+    use machina_core::retry::RetryDecision;
+    let row = StepRow { step: Step::Compile, outcome: StepOutcome::Failed, err_code: Some(code.as_str()), detail: Some(message.to_string()) };
+    record_step(c, run, row, now)?;
+    let (to, next) = match policy.decide(code, attempts_used, 0.0) {
+        // Compiles are requeued at once: the backoff applies to tasks only.
+        RetryDecision::Retry { .. } => (RunStatus::Queued, None),
+        RetryDecision::Terminal => (RunStatus::Failed, Some("RETRY")),
+        RetryDecision::Exhausted => (RunStatus::RetriesExceeded, Some("REPAIR")),
+    };
+    transition(c, run, to, now)?;
+    let err = (to != RunStatus::Queued).then_some((code.as_str(), message));
+    set_outcome(c, &run.id, err, next)
 }
 
 fn store_plan(c: &Connection, run: &mut RunRecord, compiled: CompiledPlan, now: i64) -> Result<()> {
@@ -296,7 +311,8 @@ pub(crate) fn retry(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord>
             )));
         }
     }
-    c.prepare_cached("UPDATE runs SET generation = generation + 1 WHERE id = ?1")?.execute([run_id])?;
+    c.prepare_cached("UPDATE runs SET generation = generation + 1, compile_budget_base = compile_attempt WHERE id = ?1")?
+        .execute([run_id])?;
     run.generation += 1;
     set_outcome(c, run_id, None, None)?;
     if run.last_step == Some(Step::Execute) {
@@ -332,21 +348,21 @@ pub(crate) fn cancel(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord
     load_run(c, run_id)
 }
 
-/// Put compiling runs whose worker vanished back in the queue.
-pub(crate) fn reclaim_compiles(c: &Connection, owner: Option<&str>, now: i64) -> Result<usize> {
-    let ids: Vec<String> = c
+/// CompileST of runs whose worker vanished failed with LEASE_LOST (retried per policy,
+/// so a plan that crashes every worker ends as retries_exceeded, not in a loop).
+pub(crate) fn reclaim_compiles(c: &Connection, owner: Option<&str>, policy: &machina_core::RetryPolicy, now: i64) -> Result<usize> {
+    let stale: Vec<(String, u32, u32)> = c
         .prepare_cached(
-            "SELECT id FROM runs WHERE status = 'compiling'
+            "SELECT id, compile_attempt, compile_budget_base FROM runs WHERE status = 'compiling'
              AND ((?1 IS NULL AND lease_expires_at < ?2) OR lease_owner = ?1)",
         )?
-        .query_map(params![owner, now], |r| r.get(0))?
+        .query_map(params![owner, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for id in &ids {
-        let mut run = load_run(c, id)?;
-        let row = StepRow { step: Step::Compile, outcome: StepOutcome::Failed, err_code: Some("LEASE_LOST"), detail: None };
-        record_step(c, &run, row, now)?;
+    for (id, attempt, base) in &stale {
         c.prepare_cached("UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1")?.execute([id])?;
-        transition(c, &mut run, RunStatus::Queued, now)?;
+        let mut run = load_run(c, id)?;
+        let msg = "the worker compiling this run stopped renewing its lease";
+        fail_compile(c, &mut run, ErrCode::LeaseLost, msg, attempt.saturating_sub(*base), policy, now)?;
     }
-    Ok(ids.len())
+    Ok(stale.len())
 }
