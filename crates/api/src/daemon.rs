@@ -95,9 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let recipes = RecipeBook::load(settings.recipes_dir.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
     let mut opts = LedgerOptions::new(&settings.state_dir);
     opts.retry = settings.retry.clone();
-    let ledger = tokio::task::spawn_blocking(move || Ledger::open(opts))
-        .await?
-        .context("opening the ledger")?;
+    let ledger = tokio::task::spawn_blocking(move || Ledger::open(opts)).await?.context("opening the ledger")?;
     let listener = tokio::net::TcpListener::bind(&settings.api.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.api.listen))?;
@@ -116,7 +114,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Serve until `shutdown` is cancelled, then drain in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let app = crate::router(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     tracing::info!("machina-api stopped");
@@ -136,4 +138,3 @@ pub async fn wait_for_signal(token: CancellationToken) {
     }
     token.cancel();
 }
-

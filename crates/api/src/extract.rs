@@ -80,7 +80,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         })?;
         let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
         let value = serde_json::from_slice::<T>(body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::new(ErrorKind::InvalidRequest, format!("invalid request: {e}")),
+            serde_json::error::Category::Data => {
+                ApiError::new(ErrorKind::InvalidRequest, format!("invalid request: {e}"))
+            }
             _ => ApiError::invalid(format!("malformed JSON: {e}")),
         })?;
         let mut h = Sha256::new();

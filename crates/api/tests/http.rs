@@ -14,32 +14,74 @@ fn kind(v: &Value) -> &str {
 async fn intent_to_result_through_the_api() {
     let s = start().await;
     let stop = s.spawn_worker("w1");
-    let (status, intent) = s.send(s.post("/intents").json(&json!({"goal": "greet", "inputs": {"words": ["x", "y"]}}))).await;
+    let (status, intent) =
+        s.send(s.post("/intents").json(&json!({"goal": "greet", "inputs": {"words": ["x", "y"]}}))).await;
     assert_eq!(status, 201, "{intent}");
     let id = intent["id"].as_str().unwrap();
-    let (status, run) = s.send(s.post(&format!("/intents/{id}/run")).json(&json!({"recipe": "demo", "queuePartitionKey": "a", "workload": {"concurrency": 2}}))).await;
+    let (status, run) = s
+        .send(
+            s.post(&format!("/intents/{id}/run"))
+                .json(&json!({"recipe": "demo", "queuePartitionKey": "a", "workload": {"concurrency": 2}})),
+        )
+        .await;
     assert_eq!(status, 202, "{run}");
     let run_id = run["id"].as_str().unwrap().to_string();
     let detail = s.wait_status(&run_id, &["waiting_input"]).await;
     assert_eq!(detail["nextAction"], "APPROVE");
     let plan_sha = detail["planSha256"].as_str().unwrap().to_string();
     // The plan artifact is served and hashes to its name.
-    let plan = s.http.get(s.url(&format!("/artifacts/{plan_sha}"))).bearer_auth(TOKEN).send().await.unwrap().bytes().await.unwrap();
+    let plan = s
+        .http
+        .get(s.url(&format!("/artifacts/{plan_sha}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(machina_core::plan::sha256_hex(&plan), plan_sha);
     let plan: Value = serde_json::from_slice(&plan).unwrap();
     assert_eq!(plan["tasks"].as_array().unwrap().len(), 3);
 
-    let (status, v) = s.send(s.post(&format!("/runs/{run_id}/approve-plan")).json(&json!({"approvedBy": "alice", "planSha256": plan_sha}))).await;
+    let (status, v) = s
+        .send(
+            s.post(&format!("/runs/{run_id}/approve-plan"))
+                .json(&json!({"approvedBy": "alice", "planSha256": plan_sha})),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["approvedPlanSha256"], plan_sha.as_str());
     let done = s.wait_status(&run_id, &["succeeded", "failed"]).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let tasks = done["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 3);
-    let out = s.get(&format!("/artifacts/{}", tasks[0]["stdoutSha256"].as_str().unwrap())).send().await.unwrap().text().await.unwrap();
+    let out = s
+        .get(&format!("/artifacts/{}", tasks[0]["stdoutSha256"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(out, "hello, x\n");
-    let steps: Vec<String> = done["steps"].as_array().unwrap().iter().map(|s| format!("{}:{}", s["step"].as_str().unwrap(), s["outcome"].as_str().unwrap())).collect();
-    assert_eq!(steps, ["CompileST:started", "CompileST:succeeded", "DecideST:started", "DecideST:succeeded", "ExecuteST:started", "ExecuteST:succeeded"]);
+    let steps: Vec<String> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{}:{}", s["step"].as_str().unwrap(), s["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "CompileST:started",
+            "CompileST:succeeded",
+            "DecideST:started",
+            "DecideST:succeeded",
+            "ExecuteST:started",
+            "ExecuteST:succeeded"
+        ]
+    );
 
     // Events: JSON list with gapless sequence numbers, and `after` pages.
     let (_, events) = s.send(s.get(&format!("/runs/{run_id}/events"))).await;
@@ -77,7 +119,13 @@ async fn idempotent_submission_replays_the_first_response() {
     let (_, list) = s.send(s.get("/runs")).await;
     assert_eq!(list["runs"].as_array().unwrap().len(), 1, "one run only");
     // Same id, different request: conflict, nothing created.
-    let (status, v) = s.send(s.post("/enqueue").header("x-request-id", "req-1").json(&json!({"goal": "other", "inputs": {"words": ["a"]}, "recipe": "demo"}))).await;
+    let (status, v) = s
+        .send(
+            s.post("/enqueue")
+                .header("x-request-id", "req-1")
+                .json(&json!({"goal": "other", "inputs": {"words": ["a"]}, "recipe": "demo"})),
+        )
+        .await;
     assert_eq!((status, kind(&v)), (409, "conflict"), "{v}");
     // Without a client id every request is new, and a generated id is echoed.
     let r = s.post("/enqueue").json(&body).send().await.unwrap();
@@ -96,10 +144,33 @@ async fn bad_input_gets_the_right_status_and_kind() {
         ("wrong type", s.post("/intents").json(&json!({"goal": 5})), 422, "invalid_request"),
         ("empty goal", s.post("/intents").json(&json!({"goal": "  "})), 400, "invalid_input"),
         ("unknown recipe", s.post("/enqueue").json(&json!({"goal": "g", "recipe": "nope"})), 400, "invalid_input"),
-        ("over concurrency cap", s.post("/enqueue").json(&json!({"goal": "g", "inputs": {"words": ["a"]}, "recipe": "demo", "workload": {"concurrency": 99}})), 400, "queue_policy_violation"),
-        ("over step cap", s.post("/enqueue").json(&json!({"goal": "g", "inputs": {"words": vec!["w"; 40]}, "recipe": "demo"})), 400, "queue_policy_violation"),
-        ("inputs unusable by recipe", s.post("/enqueue").json(&json!({"goal": "g", "inputs": {}, "recipe": "demo"})), 400, "invalid_input"),
-        ("bad partition key", s.post("/enqueue").json(&json!({"goal": "g", "inputs": {"words": ["a"]}, "recipe": "demo", "queuePartitionKey": "a b"})), 400, "invalid_input"),
+        (
+            "over concurrency cap",
+            s.post("/enqueue").json(
+                &json!({"goal": "g", "inputs": {"words": ["a"]}, "recipe": "demo", "workload": {"concurrency": 99}}),
+            ),
+            400,
+            "queue_policy_violation",
+        ),
+        (
+            "over step cap",
+            s.post("/enqueue").json(&json!({"goal": "g", "inputs": {"words": vec!["w"; 40]}, "recipe": "demo"})),
+            400,
+            "queue_policy_violation",
+        ),
+        (
+            "inputs unusable by recipe",
+            s.post("/enqueue").json(&json!({"goal": "g", "inputs": {}, "recipe": "demo"})),
+            400,
+            "invalid_input",
+        ),
+        (
+            "bad partition key",
+            s.post("/enqueue")
+                .json(&json!({"goal": "g", "inputs": {"words": ["a"]}, "recipe": "demo", "queuePartitionKey": "a b"})),
+            400,
+            "invalid_input",
+        ),
         ("unknown intent", s.post("/intents/nope/run").json(&json!({"recipe": "demo"})), 404, "not_found"),
         ("unknown run", s.get("/runs/nope"), 404, "not_found"),
         ("unknown run events", s.get("/runs/nope/events"), 404, "not_found"),
@@ -109,7 +180,12 @@ async fn bad_input_gets_the_right_status_and_kind() {
         ("oversized body", s.post("/intents").json(&json!({"goal": "x".repeat(4096)})), 413, "payload_too_large"),
         ("bad status filter", s.get("/runs?status=running"), 400, "invalid_input"),
         ("page too large", s.get("/runs?limit=100000"), 400, "invalid_input"),
-        ("bad request id", s.post("/intents").header("x-request-id", "has space").json(&json!({"goal": "g"})), 400, "invalid_input"),
+        (
+            "bad request id",
+            s.post("/intents").header("x-request-id", "has space").json(&json!({"goal": "g"})),
+            400,
+            "invalid_input",
+        ),
         ("missing token", s.http.get(s.url("/runs")), 401, "unauthorized"),
         ("wrong token", s.http.get(s.url("/runs")).bearer_auth("wrong-token-wrong-token"), 401, "unauthorized"),
     ];
@@ -141,7 +217,12 @@ async fn illegal_transitions_are_409_with_stable_kinds() {
     let stop = s.spawn_worker("w1");
     s.wait_status(&run, &["waiting_input"]).await;
     // Approving a plan other than the current one is refused.
-    let (st, v) = s.send(s.post(&format!("/runs/{run}/approve-plan")).json(&json!({"approvedBy": "a", "planSha256": "a".repeat(64)}))).await;
+    let (st, v) = s
+        .send(
+            s.post(&format!("/runs/{run}/approve-plan"))
+                .json(&json!({"approvedBy": "a", "planSha256": "a".repeat(64)})),
+        )
+        .await;
     assert_eq!((st, kind(&v)), (409, "conflict"), "{v}");
     let (st, _) = s.send(s.post(&format!("/runs/{run}/approve-plan")).json(&json!({"approvedBy": "a"}))).await;
     assert_eq!(st, 200);
@@ -172,7 +253,14 @@ async fn off_allowlist_executable_fails_closed_and_retry_resumes() {
     assert_eq!(done["nextAction"], "RETRY");
     let denied = &done["tasks"][1];
     assert_eq!(denied["status"], "failed");
-    let why = s.get(&format!("/artifacts/{}", denied["stderrSha256"].as_str().unwrap())).send().await.unwrap().text().await.unwrap();
+    let why = s
+        .get(&format!("/artifacts/{}", denied["stderrSha256"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(why.contains("not on the allowlist"), "{why}");
     // Retry resumes ExecuteST under the same run id; the denied task fails again, the done one is not re-run.
     let (st, v) = s.send(s.post(&format!("/runs/{run}/retry"))).await;

@@ -115,10 +115,20 @@ pub struct ShellSettings {
 impl Default for ShellSettings {
     fn default() -> Self {
         Self {
-            allow: ["/usr/bin/printf", "/usr/bin/echo", "/usr/bin/uname", "/usr/bin/true", "/usr/bin/false", "/usr/bin/sleep", "/usr/bin/sha256sum", "/usr/bin/wc", "/usr/bin/date"]
-                .into_iter()
-                .map(PathBuf::from)
-                .collect(),
+            allow: [
+                "/usr/bin/printf",
+                "/usr/bin/echo",
+                "/usr/bin/uname",
+                "/usr/bin/true",
+                "/usr/bin/false",
+                "/usr/bin/sleep",
+                "/usr/bin/sha256sum",
+                "/usr/bin/wc",
+                "/usr/bin/date",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
             env_allow: vec!["LANG".into(), "TZ".into()],
         }
     }
@@ -185,7 +195,8 @@ impl Settings {
 }
 
 /// The drop-in directories a system installation reads, lowest priority first.
-pub const SYSTEM_CONFIG_DIRS: [&str; 3] = ["/usr/lib/machina/config.d", "/etc/machina/config.d", "/run/machina/config.d"];
+pub const SYSTEM_CONFIG_DIRS: [&str; 3] =
+    ["/usr/lib/machina/config.d", "/etc/machina/config.d", "/run/machina/config.d"];
 
 /// Exit status for configuration errors (EX_CONFIG); units set RestartPreventExitStatus=78.
 pub const EXIT_CONFIG: u8 = 78;
@@ -211,7 +222,9 @@ impl Settings {
             p.config_dirs.clone()
         };
         let mut s = Self::load(&dirs)?;
-        if let Some(first) = p.systemd_state_directory.as_deref().and_then(|v| v.split(':').next()).filter(|v| !v.is_empty()) {
+        if let Some(first) =
+            p.systemd_state_directory.as_deref().and_then(|v| v.split(':').next()).filter(|v| !v.is_empty())
+        {
             s.state_dir = PathBuf::from(first);
         }
         if let Some(d) = &p.state_dir {

@@ -48,9 +48,7 @@ pub fn canonical_json(v: &serde_json::Value) -> Vec<u8> {
             serde_json::Value::Object(m) => {
                 let mut entries: Vec<_> = m.iter().collect();
                 entries.sort_by(|a, b| a.0.cmp(b.0));
-                serde_json::Value::Object(
-                    entries.into_iter().map(|(k, v)| (k.clone(), sort(v))).collect(),
-                )
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sort(v))).collect())
             }
             serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
             other => other.clone(),
@@ -83,12 +81,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str) -> TaskSpec {
-        TaskSpec {
-            name: name.into(),
-            tool: "shell".into(),
-            argv: vec!["/usr/bin/true".into()],
-            timeout_secs: 5,
-        }
+        TaskSpec { name: name.into(), tool: "shell".into(), argv: vec!["/usr/bin/true".into()], timeout_secs: 5 }
     }
 
     #[test]

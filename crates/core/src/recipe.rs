@@ -119,10 +119,7 @@ impl Default for Workload {
 impl Recipe {
     /// Parse and check one recipe; `source_name` names the file in errors.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, RecipeError> {
-        let invalid = |message: String| RecipeError::Invalid {
-            source_name: source_name.to_string(),
-            message,
-        };
+        let invalid = |message: String| RecipeError::Invalid { source_name: source_name.to_string(), message };
         let r: Recipe = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if r.name.is_empty() || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(invalid(format!("name {:?} must be non-empty [A-Za-z0-9._-]", r.name)));
@@ -357,9 +354,7 @@ mod tests {
     fn sandbox_default_splices_argv() {
         let book = RecipeBook::builtin();
         let r = book.get("sandbox-default").unwrap();
-        let plan = r
-            .render(&json!({"tasks": [{"argv": ["/usr/bin/uname", "-a"]}]}), &Workload::default())
-            .unwrap();
+        let plan = r.render(&json!({"tasks": [{"argv": ["/usr/bin/uname", "-a"]}]}), &Workload::default()).unwrap();
         assert_eq!(plan.tasks[0].argv, vec!["/usr/bin/uname", "-a"]);
     }
 
@@ -386,7 +381,9 @@ mod tests {
 
     #[test]
     fn unknown_recipe_keys_are_rejected() {
-        let err = Recipe::parse("x.toml", "name='x'\nmax_concurrency=1\nmax_steps=1\nallowed_tools=[]\ntask=[]\nbogus=1").unwrap_err();
+        let err =
+            Recipe::parse("x.toml", "name='x'\nmax_concurrency=1\nmax_steps=1\nallowed_tools=[]\ntask=[]\nbogus=1")
+                .unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

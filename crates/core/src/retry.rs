@@ -68,14 +68,10 @@ impl fmt::Display for ErrCode {
 impl FromStr for ErrCode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = Self::ALL.iter().map(|c| c.as_str()).collect();
-                format!("unknown error code {s:?} (expected one of: {})", all.join(", "))
-            })
+        Self::ALL.iter().copied().find(|c| c.as_str() == s).ok_or_else(|| {
+            let all: Vec<_> = Self::ALL.iter().map(|c| c.as_str()).collect();
+            format!("unknown error code {s:?} (expected one of: {})", all.join(", "))
+        })
     }
 }
 
@@ -99,9 +95,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            retry_on: [ErrCode::BootFail, ErrCode::NetFail, ErrCode::LeaseLost]
-                .into_iter()
-                .collect(),
+            retry_on: [ErrCode::BootFail, ErrCode::NetFail, ErrCode::LeaseLost].into_iter().collect(),
             max_attempts: 3,
             backoff_base_ms: 500,
             backoff_cap_ms: 60_000,
@@ -137,10 +131,7 @@ impl RetryPolicy {
             return RetryDecision::Exhausted;
         }
         let exp = attempts_used.saturating_sub(1).min(32);
-        let step = self
-            .backoff_base_ms
-            .saturating_mul(1u64 << exp)
-            .min(self.backoff_cap_ms);
+        let step = self.backoff_base_ms.saturating_mul(1u64 << exp).min(self.backoff_cap_ms);
         let half = step / 2;
         let delay_ms = half + ((step - half) as f64 * jitter.clamp(0.0, 1.0)) as u64;
         RetryDecision::Retry { delay_ms }
@@ -177,12 +168,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_is_capped_and_jittered() {
-        let p = RetryPolicy {
-            max_attempts: 40,
-            backoff_base_ms: 1000,
-            backoff_cap_ms: 5000,
-            ..RetryPolicy::default()
-        };
+        let p = RetryPolicy { max_attempts: 40, backoff_base_ms: 1000, backoff_cap_ms: 5000, ..RetryPolicy::default() };
         let d = |n, j| match p.decide(ErrCode::BootFail, n, j) {
             RetryDecision::Retry { delay_ms } => delay_ms,
             other => panic!("{other:?}"),

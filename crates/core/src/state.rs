@@ -69,10 +69,7 @@ string_enum!(
 impl RunStatus {
     /// No further transition happens without an operator (retry).
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::RetriesExceeded | Self::Canceled
-        )
+        matches!(self, Self::Succeeded | Self::Failed | Self::RetriesExceeded | Self::Canceled)
     }
 
     /// Whether the state machine allows `self → to`.
@@ -81,15 +78,9 @@ impl RunStatus {
         matches!(
             (self, to),
             (Queued, Compiling | Canceled)
-                | (
-                    Compiling,
-                    Queued | WaitingInput | Executing | Failed | RetriesExceeded | Canceled
-                )
+                | (Compiling, Queued | WaitingInput | Executing | Failed | RetriesExceeded | Canceled)
                 | (WaitingInput, Executing | Canceled)
-                | (
-                    Executing,
-                    Succeeded | Failed | RetriesExceeded | Canceled
-                )
+                | (Executing, Succeeded | Failed | RetriesExceeded | Canceled)
                 | (Failed | RetriesExceeded, Queued | Executing)
         )
     }

@@ -77,11 +77,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, app_version: &str) -> 
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
-        return Err(LedgerError::SchemaTooNew {
-            path: path.display().to_string(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(LedgerError::SchemaTooNew { path: path.display().to_string(), found, supported: SCHEMA_VERSION });
     }
     for (i, sql) in MIGRATION_SQL.iter().enumerate().skip(found as usize) {
         tx.execute_batch(sql)

@@ -58,7 +58,9 @@ fn created(s: Submission, c: &Connection, now: i64) -> Result<(u16, Value)> {
 pub(crate) fn submit(c: &Connection, key: Option<&DedupKey>, s: Submission, now: i64) -> Result<Submitted> {
     if let Some(k) = key {
         let hit: Option<(String, u16, String)> = c
-            .prepare_cached("SELECT body_sha256, status, response FROM dedup WHERE request_id = ?1 AND expires_at > ?2")?
+            .prepare_cached(
+                "SELECT body_sha256, status, response FROM dedup WHERE request_id = ?1 AND expires_at > ?2",
+            )?
             .query_row(params![k.request_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         if let Some((sha, status, response)) = hit {

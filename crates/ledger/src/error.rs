@@ -35,7 +35,9 @@ pub enum LedgerError {
     #[error("the disk holding the ledger is full; free space and retry (nothing was written)")]
     DiskFull,
     /// The database was written by a newer machina.
-    #[error("ledger {path} has schema version {found}, this build supports up to {supported}: upgrade machina or restore a matching snapshot")]
+    #[error(
+        "ledger {path} has schema version {found}, this build supports up to {supported}: upgrade machina or restore a matching snapshot"
+    )]
     SchemaTooNew {
         /// Database path.
         path: String,

@@ -132,7 +132,10 @@ impl Ledger {
         &self.artifacts
     }
 
-    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection, i64) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let readers = self.readers.clone();
         let now = self.clock.now_ms();
         tokio::task::spawn_blocking(move || readers.with(|c| f(c, now)))
@@ -212,8 +215,11 @@ impl Ledger {
         let owner = owner.to_string();
         self.writer
             .write(move |c, now| {
-                Ok(runs::claim_compile(c, &owner, lease_ms, now)?
-                    .map(|(run, intent, compile_attempt)| CompileJob { run, intent, compile_attempt }))
+                Ok(runs::claim_compile(c, &owner, lease_ms, now)?.map(|(run, intent, compile_attempt)| CompileJob {
+                    run,
+                    intent,
+                    compile_attempt,
+                }))
             })
             .await
     }

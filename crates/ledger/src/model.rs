@@ -5,7 +5,6 @@ use rusqlite::Row;
 use serde::Serialize;
 use serde_json::Value;
 
-
 /// An intent: what an agent wants done.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -4,7 +4,10 @@ use machina_core::RunStatus;
 use rusqlite::{Connection, params};
 
 use crate::error::{LedgerError, Result};
-use crate::model::{AttemptRecord, EventRecord, RUN_COLS, RunDetail, RunRecord, Stats, StepRecord, TASK_COLS, TaskRecord, json_col, parse_col};
+use crate::model::{
+    AttemptRecord, EventRecord, RUN_COLS, RunDetail, RunRecord, Stats, StepRecord, TASK_COLS, TaskRecord, json_col,
+    parse_col,
+};
 use crate::runs::load_run;
 
 /// Filter and page for listing runs, newest first.
@@ -23,7 +26,9 @@ pub struct RunFilter {
 pub(crate) fn run_detail(c: &Connection, id: &str) -> Result<RunDetail> {
     let run = load_run(c, id)?;
     let steps = c
-        .prepare_cached("SELECT step, outcome, generation, err_code, detail, at FROM run_steps WHERE run_id = ?1 ORDER BY id")?
+        .prepare_cached(
+            "SELECT step, outcome, generation, err_code, detail, at FROM run_steps WHERE run_id = ?1 ORDER BY id",
+        )?
         .query_map([id], |r| {
             Ok(StepRecord {
                 step: parse_col(r, 0)?,
@@ -87,9 +92,8 @@ pub(crate) fn attempts(c: &Connection, task_key: &str) -> Result<Vec<AttemptReco
 }
 
 pub(crate) fn artifact_known(c: &Connection, sha: &str) -> Result<()> {
-    let known: bool = c
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM artifacts WHERE sha256 = ?1)")?
-        .query_row([sha], |r| r.get(0))?;
+    let known: bool =
+        c.prepare_cached("SELECT EXISTS(SELECT 1 FROM artifacts WHERE sha256 = ?1)")?.query_row([sha], |r| r.get(0))?;
     if known { Ok(()) } else { Err(LedgerError::not_found("artifact", sha)) }
 }
 
@@ -103,7 +107,9 @@ pub(crate) fn stats(c: &Connection, now: i64) -> Result<Stats> {
         runs: grouped(c, "SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")?,
         tasks: grouped(c, "SELECT status, COUNT(*) FROM tasks GROUP BY status ORDER BY status")?,
         attempts: c
-            .prepare_cached("SELECT outcome, COALESCE(err_code, ''), COUNT(*) FROM attempts GROUP BY 1, 2 ORDER BY 1, 2")?
+            .prepare_cached(
+                "SELECT outcome, COALESCE(err_code, ''), COUNT(*) FROM attempts GROUP BY 1, 2 ORDER BY 1, 2",
+            )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?,
         events: one("SELECT COUNT(*) FROM events")?,

@@ -72,8 +72,11 @@ pub(crate) fn record_step(c: &Connection, run: &RunRecord, s: StepRow<'_>, now: 
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![run.id, s.step.as_str(), s.outcome.as_str(), run.generation, s.err_code, s.detail, now])?;
-    c.prepare_cached("UPDATE runs SET last_step = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![run.id, s.step.as_str(), now])?;
+    c.prepare_cached("UPDATE runs SET last_step = ?2, updated_at = ?3 WHERE id = ?1")?.execute(params![
+        run.id,
+        s.step.as_str(),
+        now
+    ])?;
     event(
         c,
         &run.id,
@@ -141,7 +144,12 @@ pub(crate) fn start_run(c: &Connection, r: NewRun, now: i64) -> Result<RunRecord
 }
 
 /// Claim the oldest queued run of an unpaused partition for CompileST.
-pub(crate) fn claim_compile(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Result<Option<(RunRecord, IntentRecord, u32)>> {
+pub(crate) fn claim_compile(
+    c: &Connection,
+    owner: &str,
+    lease_ms: i64,
+    now: i64,
+) -> Result<Option<(RunRecord, IntentRecord, u32)>> {
     let id: Option<String> = c
         .prepare_cached(
             "SELECT r.id FROM runs r JOIN partitions p ON p.key = r.partition_key
@@ -158,7 +166,17 @@ pub(crate) fn claim_compile(c: &Connection, owner: &str, lease_ms: i64, now: i64
              WHERE id = ?1 RETURNING compile_attempt",
         )?
         .query_row(params![id, owner, now + lease_ms], |r| r.get(0))?;
-    record_step(c, &run, StepRow { step: Step::Compile, outcome: StepOutcome::Started, err_code: None, detail: Some(format!("by {owner}")) }, now)?;
+    record_step(
+        c,
+        &run,
+        StepRow {
+            step: Step::Compile,
+            outcome: StepOutcome::Started,
+            err_code: None,
+            detail: Some(format!("by {owner}")),
+        },
+        now,
+    )?;
     let intent = load_intent(c, &run.intent_id)?;
     Ok(Some((run, intent, attempt)))
 }
@@ -207,7 +225,12 @@ fn fail_compile(
     now: i64,
 ) -> Result<()> {
     use machina_core::retry::RetryDecision;
-    let row = StepRow { step: Step::Compile, outcome: StepOutcome::Failed, err_code: Some(code.as_str()), detail: Some(message.to_string()) };
+    let row = StepRow {
+        step: Step::Compile,
+        outcome: StepOutcome::Failed,
+        err_code: Some(code.as_str()),
+        detail: Some(message.to_string()),
+    };
     record_step(c, run, row, now)?;
     let (to, next) = match policy.decide(code, attempts_used, 0.0) {
         // Compiles are requeued at once: the backoff applies to tasks only.
@@ -223,7 +246,10 @@ fn fail_compile(
 fn store_plan(c: &Connection, run: &mut RunRecord, compiled: CompiledPlan, now: i64) -> Result<()> {
     let bytes = compiled.plan.canonical_bytes();
     if machina_core::plan::sha256_hex(&bytes) != compiled.plan_sha256 {
-        return Err(LedgerError::Integrity(format!("plan of run {} does not hash to {}", run.id, compiled.plan_sha256)));
+        return Err(LedgerError::Integrity(format!(
+            "plan of run {} does not hash to {}",
+            run.id, compiled.plan_sha256
+        )));
     }
     crate::tasks::register_artifact(c, &compiled.plan_sha256, bytes.len() as i64, "application/json", now)?;
     c.prepare_cached("UPDATE runs SET plan_json = ?2, plan_sha256 = ?3 WHERE id = ?1")?.execute(params![
@@ -234,7 +260,12 @@ fn store_plan(c: &Connection, run: &mut RunRecord, compiled: CompiledPlan, now: 
     run.plan_sha256 = Some(compiled.plan_sha256.clone());
     let detail = Some(format!("plan {} ({} tasks)", compiled.plan_sha256, compiled.plan.tasks.len()));
     record_step(c, run, StepRow { step: Step::Compile, outcome: StepOutcome::Succeeded, err_code: None, detail }, now)?;
-    record_step(c, run, StepRow { step: Step::Decide, outcome: StepOutcome::Started, err_code: None, detail: None }, now)?;
+    record_step(
+        c,
+        run,
+        StepRow { step: Step::Decide, outcome: StepOutcome::Started, err_code: None, detail: None },
+        now,
+    )?;
     if compiled.approval_required {
         transition(c, run, RunStatus::WaitingInput, now)?;
         set_outcome(c, &run.id, None, Some("APPROVE"))?;
@@ -247,7 +278,13 @@ fn store_plan(c: &Connection, run: &mut RunRecord, compiled: CompiledPlan, now: 
 }
 
 /// ApprovePlan: only from waiting_input, bound to the plan's sha256.
-pub(crate) fn approve(c: &Connection, run_id: &str, approver: &str, expected_sha: Option<&str>, now: i64) -> Result<RunRecord> {
+pub(crate) fn approve(
+    c: &Connection,
+    run_id: &str,
+    approver: &str,
+    expected_sha: Option<&str>,
+    now: i64,
+) -> Result<RunRecord> {
     let mut run = load_run(c, run_id)?;
     if run.status != RunStatus::WaitingInput {
         return Err(LedgerError::IllegalState(format!(
@@ -259,7 +296,9 @@ pub(crate) fn approve(c: &Connection, run_id: &str, approver: &str, expected_sha
         .prepare_cached("SELECT plan_json, plan_sha256 FROM runs WHERE id = ?1")?
         .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if let Some(expected) = expected_sha.filter(|e| *e != sha) {
-        return Err(LedgerError::Conflict(format!("run {run_id}'s plan is {sha}, not {expected}: review the current plan")));
+        return Err(LedgerError::Conflict(format!(
+            "run {run_id}'s plan is {sha}, not {expected}: review the current plan"
+        )));
     }
     if machina_core::plan::sha256_hex(plan_json.as_bytes()) != sha {
         return Err(LedgerError::Integrity(format!("stored plan of run {run_id} does not hash to {sha}")));
@@ -285,12 +324,19 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
         insert
             .execute(params![key, run.id, idx as i64, run.queue_partition_key, serde_json::to_string(spec)?, now])
             .map_err(|e| match LedgerError::from(e) {
-                LedgerError::Db(m) if m.contains("UNIQUE") => LedgerError::Conflict(format!("task key {key} is already committed")),
+                LedgerError::Db(m) if m.contains("UNIQUE") => {
+                    LedgerError::Conflict(format!("task key {key} is already committed"))
+                }
                 other => other,
             })?;
     }
     transition(c, run, RunStatus::Executing, now)?;
-    record_step(c, run, StepRow { step: Step::Execute, outcome: StepOutcome::Started, err_code: None, detail: None }, now)?;
+    record_step(
+        c,
+        run,
+        StepRow { step: Step::Execute, outcome: StepOutcome::Started, err_code: None, detail: None },
+        now,
+    )?;
     event(c, &run.id, "tasks_queued", json!({"count": plan.tasks.len()}), now)?;
     Ok(())
 }
@@ -311,8 +357,10 @@ pub(crate) fn retry(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord>
             )));
         }
     }
-    c.prepare_cached("UPDATE runs SET generation = generation + 1, compile_budget_base = compile_attempt WHERE id = ?1")?
-        .execute([run_id])?;
+    c.prepare_cached(
+        "UPDATE runs SET generation = generation + 1, compile_budget_base = compile_attempt WHERE id = ?1",
+    )?
+    .execute([run_id])?;
     run.generation += 1;
     set_outcome(c, run_id, None, None)?;
     if run.last_step == Some(Step::Execute) {
@@ -324,7 +372,12 @@ pub(crate) fn retry(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord>
             .execute(params![run_id, now])?;
         transition(c, &mut run, RunStatus::Executing, now)?;
         let detail = Some(format!("retry {}: {n} tasks requeued", run.generation));
-        record_step(c, &run, StepRow { step: Step::Execute, outcome: StepOutcome::Started, err_code: None, detail }, now)?;
+        record_step(
+            c,
+            &run,
+            StepRow { step: Step::Execute, outcome: StepOutcome::Started, err_code: None, detail },
+            now,
+        )?;
         event(c, run_id, "tasks_queued", json!({"count": n}), now)?;
     } else {
         transition(c, &mut run, RunStatus::Queued, now)?;
@@ -339,10 +392,8 @@ pub(crate) fn cancel(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord
         return Err(LedgerError::IllegalState(format!("run {run_id} is already {}; nothing to cancel", run.status)));
     }
     transition(c, &mut run, RunStatus::Canceled, now)?;
-    c.prepare_cached(
-        "UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'",
-    )?
-    .execute(params![run_id, now])?;
+    c.prepare_cached("UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'")?
+        .execute(params![run_id, now])?;
     c.prepare_cached("UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, next_action = NULL WHERE id = ?1")?
         .execute([run_id])?;
     load_run(c, run_id)
@@ -350,7 +401,12 @@ pub(crate) fn cancel(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord
 
 /// CompileST of runs whose worker vanished failed with LEASE_LOST (retried per policy,
 /// so a plan that crashes every worker ends as retries_exceeded, not in a loop).
-pub(crate) fn reclaim_compiles(c: &Connection, owner: Option<&str>, policy: &machina_core::RetryPolicy, now: i64) -> Result<usize> {
+pub(crate) fn reclaim_compiles(
+    c: &Connection,
+    owner: Option<&str>,
+    policy: &machina_core::RetryPolicy,
+    now: i64,
+) -> Result<usize> {
     let stale: Vec<(String, u32, u32)> = c
         .prepare_cached(
             "SELECT id, compile_attempt, compile_budget_base FROM runs WHERE status = 'compiling'

@@ -61,9 +61,8 @@ fn lease(
     (pk, run_id): (&str, &str),
     (task_id, task_key, spec): (i64, String, String),
 ) -> Result<ClaimedTask> {
-    let seq: i64 = c
-        .prepare_cached("SELECT COALESCE(MAX(last_claim_seq), 0) + 1 FROM partitions")?
-        .query_row([], |r| r.get(0))?;
+    let seq: i64 =
+        c.prepare_cached("SELECT COALESCE(MAX(last_claim_seq), 0) + 1 FROM partitions")?.query_row([], |r| r.get(0))?;
     let expires = now + lease_ms;
     let attempt: u32 = c
         .prepare_cached(
@@ -109,19 +108,33 @@ fn fence(c: &Connection, task_id: i64, owner: &str, attempt: u32) -> Result<Held
     Ok(Held { task_key, run_id, budget_base })
 }
 
-pub(crate) fn heartbeat(c: &Connection, task_id: i64, owner: &str, attempt: u32, lease_ms: i64, now: i64) -> Result<Heartbeat> {
+pub(crate) fn heartbeat(
+    c: &Connection,
+    task_id: i64,
+    owner: &str,
+    attempt: u32,
+    lease_ms: i64,
+    now: i64,
+) -> Result<Heartbeat> {
     let held = fence(c, task_id, owner, attempt)?;
     let run = load_run(c, &held.run_id)?;
     if run.status == RunStatus::Canceled {
         return Ok(Heartbeat::Canceled);
     }
-    c.prepare_cached("UPDATE tasks SET lease_expires_at = ?2 WHERE id = ?1")?.execute(params![task_id, now + lease_ms])?;
+    c.prepare_cached("UPDATE tasks SET lease_expires_at = ?2 WHERE id = ?1")?
+        .execute(params![task_id, now + lease_ms])?;
     Ok(Heartbeat::Renewed)
 }
 
 /// Commit an attempt's outcome. Exactly once per task key: only the current
 /// lease holder can commit, and a committed task is never leased again.
-pub(crate) fn complete(c: &Connection, rep: &TaskReport, policy: &RetryPolicy, jitter: f64, now: i64) -> Result<Completion> {
+pub(crate) fn complete(
+    c: &Connection,
+    rep: &TaskReport,
+    policy: &RetryPolicy,
+    jitter: f64,
+    now: i64,
+) -> Result<Completion> {
     let held = fence(c, rep.task_id, &rep.owner, rep.attempt)?;
     let outcome = if rep.err_code.is_none() { "succeeded" } else { "failed" };
     let code = rep.err_code.map(|e| e.as_str());
@@ -133,7 +146,9 @@ pub(crate) fn complete(c: &Connection, rep: &TaskReport, policy: &RetryPolicy, j
     c.prepare_cached("UPDATE runs SET leased_tasks = leased_tasks - 1 WHERE id = ?1")?.execute([&held.run_id])?;
     for sha in [&rep.stdout_sha256, &rep.stderr_sha256].into_iter().flatten() {
         // The worker registered the file; make sure the row exists before referencing it.
-        let known: bool = c.prepare_cached("SELECT EXISTS(SELECT 1 FROM artifacts WHERE sha256 = ?1)")?.query_row([sha], |r| r.get(0))?;
+        let known: bool = c
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM artifacts WHERE sha256 = ?1)")?
+            .query_row([sha], |r| r.get(0))?;
         if !known {
             return Err(LedgerError::Integrity(format!("artifact {sha} is not registered")));
         }
@@ -207,9 +222,16 @@ fn settle_run(
             } else {
                 format!("task attempt {} failed with {code}, which is not retried", rep.attempt)
             };
-            c.prepare_cached("UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'")?
-                .execute(params![run.id, now])?;
-            let row = StepRow { step: Step::Execute, outcome: StepOutcome::Failed, err_code: Some(code.as_str()), detail: Some(message.clone()) };
+            c.prepare_cached(
+                "UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'",
+            )?
+            .execute(params![run.id, now])?;
+            let row = StepRow {
+                step: Step::Execute,
+                outcome: StepOutcome::Failed,
+                err_code: Some(code.as_str()),
+                detail: Some(message.clone()),
+            };
             record_step(c, run, row, now)?;
             transition(c, run, to, now)?;
             set_outcome(c, &run.id, Some((code.as_str(), &message)), Some(if exhausted { "REPAIR" } else { "RETRY" }))?;
@@ -219,7 +241,8 @@ fn settle_run(
                 .prepare_cached("SELECT COUNT(*) FROM tasks WHERE run_id = ?1 AND status != 'succeeded'")?
                 .query_row([&run.id], |r| r.get(0))?;
             if open == 0 {
-                let row = StepRow { step: Step::Execute, outcome: StepOutcome::Succeeded, err_code: None, detail: None };
+                let row =
+                    StepRow { step: Step::Execute, outcome: StepOutcome::Succeeded, err_code: None, detail: None };
                 record_step(c, run, row, now)?;
                 transition(c, run, RunStatus::Succeeded, now)?;
                 set_outcome(c, &run.id, None, None)?;
@@ -231,7 +254,13 @@ fn settle_run(
 }
 
 /// Treat leases that expired (or, with `owner`, all of that owner's leases) as LEASE_LOST.
-pub(crate) fn reclaim(c: &Connection, owner: Option<&str>, policy: &RetryPolicy, jitter: f64, now: i64) -> Result<usize> {
+pub(crate) fn reclaim(
+    c: &Connection,
+    owner: Option<&str>,
+    policy: &RetryPolicy,
+    jitter: f64,
+    now: i64,
+) -> Result<usize> {
     let stale: Vec<(i64, String, u32, i64)> = c
         .prepare_cached(
             "SELECT id, lease_owner, attempt, updated_at FROM tasks WHERE status = 'leased'

@@ -8,8 +8,7 @@ use common::*;
 use machina_core::plan::sha256_hex;
 use machina_core::{APP_VERSION, ManualClock};
 use machina_ledger::{
-    BUSY_TIMEOUT_MS, DedupKey, Durability, LEDGER_FILE, Ledger, LedgerError, SCHEMA_VERSION,
-    Submission,
+    BUSY_TIMEOUT_MS, DedupKey, Durability, LEDGER_FILE, Ledger, LedgerError, SCHEMA_VERSION, Submission,
 };
 use serde_json::json;
 
@@ -26,11 +25,7 @@ async fn pragmas_read_back_as_configured() {
     let mut o = options(dir.path(), &ManualClock::new(T0));
     o.durability = Durability::Normal;
     let normal = Ledger::open(o).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        normal.pragmas().await.unwrap().synchronous,
-        1,
-        "NORMAL when asked"
-    );
+    assert_eq!(normal.pragmas().await.unwrap().synchronous, 1, "NORMAL when asked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,29 +33,17 @@ async fn meta_records_versions_and_reopening_is_idempotent() {
     let t = TestLedger::new();
     let read_meta = |l: &Ledger| {
         let db = raw(l);
-        let get = |k: &str| -> String {
-            db.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
-                .unwrap()
-        };
-        let user_version: i64 = db
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let get =
+            |k: &str| -> String { db.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).unwrap() };
+        let user_version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         (get("schema_version"), get("app_version"), user_version)
     };
-    let expected = (
-        SCHEMA_VERSION.to_string(),
-        APP_VERSION.to_string(),
-        SCHEMA_VERSION,
-    );
+    let expected = (SCHEMA_VERSION.to_string(), APP_VERSION.to_string(), SCHEMA_VERSION);
     assert_eq!(read_meta(&t.ledger), expected);
     let (_, run) = enqueue(&t.ledger, "p", "demo", 1, json!({})).await;
     let t = t.reopen();
     assert_eq!(read_meta(&t.ledger), expected);
-    assert_eq!(
-        t.ledger.run_detail(&run).await.unwrap().run.id,
-        run,
-        "data survives reopening"
-    );
+    assert_eq!(t.ledger.run_detail(&run).await.unwrap().run.id, run, "data survives reopening");
 }
 
 #[test]
@@ -68,17 +51,14 @@ fn a_ledger_from_a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = rusqlite::Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
-        db.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        db.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
     }
     let err = match Ledger::open(options(dir.path(), &ManualClock::new(T0))) {
         Ok(_) => panic!("a newer schema was accepted"),
         Err(e) => e,
     };
     match &err {
-        LedgerError::SchemaTooNew {
-            found, supported, ..
-        } => {
+        LedgerError::SchemaTooNew { found, supported, .. } => {
             assert_eq!((*found, *supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
         }
         other => panic!("expected SchemaTooNew, got {other:?}"),
@@ -86,26 +66,14 @@ fn a_ledger_from_a_newer_schema_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains("upgrade"), "{msg}");
     let db = rusqlite::Connection::open(dir.path().join(LEDGER_FILE)).unwrap();
-    let v: i64 = db
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
+    let v: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(v, SCHEMA_VERSION + 1, "the refused file is left alone");
-    let tables: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'runs'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let tables: i64 = db.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'runs'", [], |r| r.get(0)).unwrap();
     assert_eq!(tables, 0, "no migration ran");
 }
 
 fn key(id: &str, body: &str, ttl_ms: i64) -> Option<DedupKey> {
-    Some(DedupKey {
-        request_id: id.into(),
-        request_sha256: sha256_hex(body.as_bytes()),
-        ttl_ms,
-    })
+    Some(DedupKey { request_id: id.into(), request_sha256: sha256_hex(body.as_bytes()), ttl_ms })
 }
 
 fn submission() -> Submission {
@@ -116,24 +84,15 @@ fn submission() -> Submission {
 async fn a_request_id_replays_its_first_response() {
     let t = TestLedger::new();
     let l = &t.ledger;
-    let first = l
-        .submit(key("req-1", "body", 1_000), submission())
-        .await
-        .unwrap();
+    let first = l.submit(key("req-1", "body", 1_000), submission()).await.unwrap();
     assert!(!first.replayed);
-    let again = l
-        .submit(key("req-1", "body", 1_000), submission())
-        .await
-        .unwrap();
+    let again = l.submit(key("req-1", "body", 1_000), submission()).await.unwrap();
     assert!(again.replayed);
     assert_eq!((again.status, &again.body), (first.status, &first.body));
     assert_eq!(count(l, "SELECT COUNT(*) FROM runs").await, 1);
     assert_eq!(count(l, "SELECT COUNT(*) FROM intents").await, 1);
 
-    match l
-        .submit(key("req-1", "another body", 1_000), submission())
-        .await
-    {
+    match l.submit(key("req-1", "another body", 1_000), submission()).await {
         Err(e @ LedgerError::Conflict(_)) => assert_eq!(e.kind().as_str(), "conflict"),
         other => panic!("reused id with another body: {other:?}"),
     }
@@ -141,24 +100,13 @@ async fn a_request_id_replays_its_first_response() {
 
     // Just before the TTL it still replays; once it has passed, the id is free again.
     t.clock.advance_ms(999);
-    assert!(
-        l.submit(key("req-1", "body", 1_000), submission())
-            .await
-            .unwrap()
-            .replayed
-    );
+    assert!(l.submit(key("req-1", "body", 1_000), submission()).await.unwrap().replayed);
     t.clock.advance_ms(1);
-    let fresh = l
-        .submit(key("req-1", "body", 1_000), submission())
-        .await
-        .unwrap();
+    let fresh = l.submit(key("req-1", "body", 1_000), submission()).await.unwrap();
     assert!(!fresh.replayed);
     assert_ne!(body_id(&fresh.body["run"]), body_id(&first.body["run"]));
     assert_eq!(count(l, "SELECT COUNT(*) FROM runs").await, 2);
-    let replay = l
-        .submit(key("req-1", "body", 1_000), submission())
-        .await
-        .unwrap();
+    let replay = l.submit(key("req-1", "body", 1_000), submission()).await.unwrap();
     assert_eq!((replay.replayed, &replay.body), (true, &fresh.body));
 
     // Without a key nothing is deduplicated.
@@ -170,23 +118,15 @@ async fn a_request_id_replays_its_first_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_survives_closing_and_reopening() {
     let t = TestLedger::new();
-    let first = t
-        .ledger
-        .submit(key("req-durable", "body", 60_000), submission())
-        .await
-        .unwrap();
+    let first = t.ledger.submit(key("req-durable", "body", 60_000), submission()).await.unwrap();
     let t = t.reopen();
     let l = &t.ledger;
-    let again = l
-        .submit(key("req-durable", "body", 60_000), submission())
-        .await
-        .unwrap();
+    let again = l.submit(key("req-durable", "body", 60_000), submission()).await.unwrap();
     assert!(again.replayed, "the dedup entry was lost on reopen");
     assert_eq!(again.body, first.body);
     assert_eq!(count(l, "SELECT COUNT(*) FROM runs").await, 1);
     assert!(matches!(
-        l.submit(key("req-durable", "changed", 60_000), submission())
-            .await,
+        l.submit(key("req-durable", "changed", 60_000), submission()).await,
         Err(LedgerError::Conflict(_))
     ));
 }
@@ -198,11 +138,7 @@ async fn artifacts_round_trip_and_detect_corruption() {
     let bytes = b"stdout of some task\n".to_vec();
     let sha = l.put_artifact(bytes.clone(), "text/plain").await.unwrap();
     assert_eq!(sha, sha256_hex(&bytes));
-    assert_eq!(
-        l.put_artifact(bytes.clone(), "text/plain").await.unwrap(),
-        sha,
-        "idempotent"
-    );
+    assert_eq!(l.put_artifact(bytes.clone(), "text/plain").await.unwrap(), sha, "idempotent");
     assert_eq!(l.get_artifact(&sha).await.unwrap(), bytes);
     assert_eq!(count(l, "SELECT COUNT(*) FROM artifacts").await, 1);
 
@@ -222,8 +158,5 @@ async fn artifacts_round_trip_and_detect_corruption() {
     }
     // A file on disk without its row is not served either.
     let orphan = l.artifacts().put(b"orphan").unwrap();
-    assert!(matches!(
-        l.get_artifact(&orphan).await,
-        Err(LedgerError::NotFound { .. })
-    ));
+    assert!(matches!(l.get_artifact(&orphan).await, Err(LedgerError::NotFound { .. })));
 }

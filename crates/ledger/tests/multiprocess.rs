@@ -58,23 +58,14 @@ async fn four_processes_never_claim_a_task_twice() {
     let l = &t.ledger;
     let mut runs = Vec::new();
     for r in 0..RUNS {
-        let (_, run) = executing_run(
-            l,
-            &format!("part-{}", r % 2),
-            shell_plan(TASKS_PER_RUN, TASKS_PER_RUN as u32),
-        )
-        .await;
+        let (_, run) =
+            executing_run(l, &format!("part-{}", r % 2), shell_plan(TASKS_PER_RUN, TASKS_PER_RUN as u32)).await;
         runs.push(run);
     }
     let all: BTreeSet<i64> = {
         let db = raw(l);
-        let mut st = db
-            .prepare("SELECT id FROM tasks WHERE status = 'queued'")
-            .unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        let mut st = db.prepare("SELECT id FROM tasks WHERE status = 'queued'").unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
     };
     assert_eq!(all.len(), RUNS * TASKS_PER_RUN);
 
@@ -105,19 +96,12 @@ async fn four_processes_never_claim_a_task_twice() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            stdout.contains("1 passed"),
-            "claimer {i} did not run its test:\n{stdout}"
-        );
+        assert!(stdout.contains("1 passed"), "claimer {i} did not run its test:\n{stdout}");
         for line in stdout.lines() {
             let Some(rest) = line.find(CLAIMED).map(|p| &line[p + CLAIMED.len()..]) else {
                 continue;
             };
-            let id: i64 = rest
-                .split_whitespace()
-                .next()
-                .and_then(|s| s.parse().ok())
-                .expect(line);
+            let id: i64 = rest.split_whitespace().next().and_then(|s| s.parse().ok()).expect(line);
             if let Some(prev) = claimed_by.insert(id, i) {
                 duplicates.push((id, prev, i));
             }
@@ -126,43 +110,20 @@ async fn four_processes_never_claim_a_task_twice() {
     let mut per_child = [0usize; CHILDREN];
     claimed_by.values().for_each(|i| per_child[*i] += 1);
     eprintln!("tasks committed per claimer: {per_child:?}");
-    assert!(
-        duplicates.is_empty(),
-        "tasks committed by two claimers (task, first, second): {duplicates:?}"
-    );
+    assert!(duplicates.is_empty(), "tasks committed by two claimers (task, first, second): {duplicates:?}");
     let union: BTreeSet<i64> = claimed_by.keys().copied().collect();
     assert_eq!(union, all, "every task is claimed by some process");
 
     let n = (RUNS * TASKS_PER_RUN) as i64;
-    assert_eq!(
-        count(
-            l,
-            "SELECT COUNT(*) FROM tasks WHERE status = 'succeeded' AND attempt = 1"
-        )
-        .await,
-        n
-    );
+    assert_eq!(count(l, "SELECT COUNT(*) FROM tasks WHERE status = 'succeeded' AND attempt = 1").await, n);
     assert_eq!(count(l, "SELECT COUNT(*) FROM attempts").await, n);
     assert_eq!(count(l, "SELECT COUNT(*) FROM receipts").await, n);
-    assert_eq!(
-        count(l, "SELECT COUNT(*) FROM receipts WHERE seen > 1").await,
-        0
-    );
-    assert_eq!(
-        count(l, "SELECT COUNT(*) FROM runs WHERE status = 'succeeded'").await,
-        RUNS as i64
-    );
-    assert_eq!(
-        count(l, "SELECT COALESCE(SUM(leased_tasks), 0) FROM runs").await,
-        0
-    );
+    assert_eq!(count(l, "SELECT COUNT(*) FROM receipts WHERE seen > 1").await, 0);
+    assert_eq!(count(l, "SELECT COUNT(*) FROM runs WHERE status = 'succeeded'").await, RUNS as i64);
+    assert_eq!(count(l, "SELECT COALESCE(SUM(leased_tasks), 0) FROM runs").await, 0);
     for run in &runs {
         let events = l.events(run, 0, 100_000).await.unwrap();
         let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-        assert_eq!(
-            seqs,
-            (1..=events.len() as i64).collect::<Vec<_>>(),
-            "run {run}: gapless events"
-        );
+        assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>(), "run {run}: gapless events");
     }
 }

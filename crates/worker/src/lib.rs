@@ -112,7 +112,8 @@ impl Worker {
             .recipes
             .get(&job.run.recipe)
             .ok_or_else(|| invalid(format!("recipe {:?} is not known to worker {}", job.run.recipe, self.id)))?;
-        let workload: Workload = serde_json::from_value(job.run.workload.clone()).map_err(|e| invalid(format!("workload: {e}")))?;
+        let workload: Workload =
+            serde_json::from_value(job.run.workload.clone()).map_err(|e| invalid(format!("workload: {e}")))?;
         let plan = recipe.render(&job.intent.inputs, &workload).map_err(|e| invalid(e.to_string()))?;
         let sha = self
             .ledger
@@ -123,7 +124,8 @@ impl Worker {
     }
 
     async fn execute(&self, task: ClaimedTask) -> Result<(), LedgerError> {
-        let span = tracing::info_span!("task", run_id = %task.run_id, task_key = %task.task_key, attempt = task.attempt);
+        let span =
+            tracing::info_span!("task", run_id = %task.run_id, task_key = %task.task_key, attempt = task.attempt);
         tracing::Instrument::instrument(self.execute_in_span(task), span).await
     }
 

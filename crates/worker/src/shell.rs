@@ -71,7 +71,8 @@ impl ShellPolicy {
         if !p.is_absolute() {
             return Err(format!("executable {argv0:?} must be an absolute path"));
         }
-        let canonical = std::fs::canonicalize(p).map_err(|e| format!("executable {argv0:?} is not on the allowlist ({e})"))?;
+        let canonical =
+            std::fs::canonicalize(p).map_err(|e| format!("executable {argv0:?} is not on the allowlist ({e})"))?;
         if self.allowed.contains(&canonical) {
             Ok(canonical)
         } else {
@@ -173,7 +174,9 @@ async fn read_capped(r: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
         }
     }
     if dropped > 0 {
-        kept.extend_from_slice(format!("\n[machina: output truncated at {cap} bytes; {dropped} bytes dropped]\n").as_bytes());
+        kept.extend_from_slice(
+            format!("\n[machina: output truncated at {cap} bytes; {dropped} bytes dropped]\n").as_bytes(),
+        );
     }
     kept
 }
@@ -199,7 +202,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = policy(&["/usr/bin/env", "/usr/bin/pwd"]);
         let env = [("MACHINA_TASK_KEY", "k1".to_string())];
-        let o = run(&p, &argv(&["/usr/bin/env"]), dir.path(), &env, &limits(5000, 4096), CancellationToken::new()).await;
+        let o =
+            run(&p, &argv(&["/usr/bin/env"]), dir.path(), &env, &limits(5000, 4096), CancellationToken::new()).await;
         assert_eq!(o.err_code, None, "{}", String::from_utf8_lossy(&o.stderr));
         let text = String::from_utf8(o.stdout).unwrap();
         assert!(text.contains("MACHINA_TASK_KEY=k1"));
@@ -226,7 +230,8 @@ mod tests {
         let link = dir.path().join("innocent");
         std::os::unix::fs::symlink("/usr/bin/id", &link).unwrap();
         let p = policy(&["/usr/bin/true"]);
-        let o = run(&p, &argv(&[link.to_str().unwrap()]), dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
+        let o = run(&p, &argv(&[link.to_str().unwrap()]), dir.path(), &[], &limits(5000, 64), CancellationToken::new())
+            .await;
         assert_eq!(o.err_code, Some(ErrCode::PolicyDenied));
         assert!(String::from_utf8_lossy(&o.stderr).contains("/usr/bin/id"));
     }
@@ -237,7 +242,8 @@ mod tests {
         let p = policy(&["/usr/bin/false", "/usr/bin/sleep"]);
         let o = run(&p, &argv(&["/usr/bin/false"]), dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
         assert_eq!((o.err_code, o.exit_status), (Some(ErrCode::CmdNonzero), Some(1)));
-        let o = run(&p, &argv(&["/usr/bin/sleep", "30"]), dir.path(), &[], &limits(200, 64), CancellationToken::new()).await;
+        let o = run(&p, &argv(&["/usr/bin/sleep", "30"]), dir.path(), &[], &limits(200, 64), CancellationToken::new())
+            .await;
         assert_eq!(o.err_code, Some(ErrCode::Timeout));
         assert_eq!(o.exit_status, Some(128 + 9));
         assert!(o.wall_ms < 10_000);
@@ -247,7 +253,15 @@ mod tests {
     async fn output_is_capped_with_a_marker() {
         let dir = tempfile::tempdir().unwrap();
         let p = policy(&["/usr/bin/seq"]);
-        let o = run(&p, &argv(&["/usr/bin/seq", "1", "100000"]), dir.path(), &[], &limits(5000, 100), CancellationToken::new()).await;
+        let o = run(
+            &p,
+            &argv(&["/usr/bin/seq", "1", "100000"]),
+            dir.path(),
+            &[],
+            &limits(5000, 100),
+            CancellationToken::new(),
+        )
+        .await;
         assert_eq!(o.err_code, None);
         let text = String::from_utf8(o.stdout).unwrap();
         assert!(text.starts_with("1\n2\n3\n"));

@@ -31,10 +31,8 @@ pub(crate) async fn list_or_stream(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let wants_sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
+    let wants_sse =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
     let resume = headers
         .get("last-event-id")
         .map(|v| v.to_str().ok().and_then(|s| s.parse::<i64>().ok()))
@@ -57,7 +55,12 @@ struct Cursor {
 }
 
 /// Follow the run until it is terminal and every event was sent, or the server shuts down.
-fn live(st: AppState, run_id: String, after: i64, first: Vec<EventRecord>) -> impl Stream<Item = Result<Event, Infallible>> {
+fn live(
+    st: AppState,
+    run_id: String,
+    after: i64,
+    first: Vec<EventRecord>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     let cursor = Cursor { st, run_id, after, pending: first.into_iter(), done: false };
     stream::unfold(cursor, |mut c| async move {
         loop {

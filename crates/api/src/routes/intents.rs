@@ -111,7 +111,11 @@ fn respond(s: Submitted) -> Response {
     resp
 }
 
-pub(crate) async fn create(State(st): State<AppState>, rid: RequestId, body: JsonBody<CreateIntent>) -> ApiResult<Response> {
+pub(crate) async fn create(
+    State(st): State<AppState>,
+    rid: RequestId,
+    body: JsonBody<CreateIntent>,
+) -> ApiResult<Response> {
     let new = body.value.into_new()?;
     let key = dedup_key(&st, &rid, body.request_sha256);
     Ok(respond(st.ledger.submit(key, Submission::Intent(new)).await?))
@@ -129,11 +133,18 @@ pub(crate) async fn start_run(
     Ok(respond(st.ledger.submit(key, Submission::Run(new)).await?))
 }
 
-pub(crate) async fn enqueue(State(st): State<AppState>, rid: RequestId, body: JsonBody<Enqueue>) -> ApiResult<Response> {
+pub(crate) async fn enqueue(
+    State(st): State<AppState>,
+    rid: RequestId,
+    body: JsonBody<Enqueue>,
+) -> ApiResult<Response> {
     let e = body.value;
     let intent = CreateIntent { goal: e.goal, inputs: e.inputs, constraints: e.constraints }.into_new()?;
-    let run = StartRun { recipe: e.recipe, queue_partition_key: e.queue_partition_key, workload: e.workload }
-        .check(&st, String::new(), &intent.inputs)?;
+    let run = StartRun { recipe: e.recipe, queue_partition_key: e.queue_partition_key, workload: e.workload }.check(
+        &st,
+        String::new(),
+        &intent.inputs,
+    )?;
     let key = dedup_key(&st, &rid, body.request_sha256);
     Ok(respond(st.ledger.submit(key, Submission::Enqueue(intent, run)).await?))
 }

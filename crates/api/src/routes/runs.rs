@@ -30,10 +30,7 @@ pub(crate) async fn list(State(st): State<AppState>, Query(q): Query<ListQuery>)
     if limit == 0 || limit > max {
         return Err(ApiError::invalid(format!("limit must be 1-{max}")));
     }
-    let runs = st
-        .ledger
-        .list_runs(RunFilter { status, partition_key: q.partition, before: q.before, limit })
-        .await?;
+    let runs = st.ledger.list_runs(RunFilter { status, partition_key: q.partition, before: q.before, limit }).await?;
     let next = (runs.len() as u32 == limit).then(|| runs.last().map(|r| r.id.clone())).flatten();
     Ok(Json(json!({"runs": runs, "nextBefore": next})))
 }
@@ -69,10 +66,18 @@ pub(crate) async fn approve(
 #[serde(deny_unknown_fields)]
 pub(crate) struct Empty {}
 
-pub(crate) async fn retry(State(st): State<AppState>, Path(id): Path<String>, _b: JsonBody<Empty>) -> ApiResult<Json<RunRecord>> {
+pub(crate) async fn retry(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    _b: JsonBody<Empty>,
+) -> ApiResult<Json<RunRecord>> {
     Ok(Json(st.ledger.retry_run(&id).await?))
 }
 
-pub(crate) async fn cancel(State(st): State<AppState>, Path(id): Path<String>, _b: JsonBody<Empty>) -> ApiResult<Json<RunRecord>> {
+pub(crate) async fn cancel(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    _b: JsonBody<Empty>,
+) -> ApiResult<Json<RunRecord>> {
     Ok(Json(st.ledger.cancel_run(&id).await?))
 }

@@ -77,7 +77,8 @@ impl Server {
     /// Start an in-process worker (real child processes for tasks).
     pub fn spawn_worker(&self, id: &str) -> CancellationToken {
         let stop = CancellationToken::new();
-        let w = machina_worker::Worker::new(id.into(), self.ledger.clone(), RecipeBook::builtin(), self.settings.clone());
+        let w =
+            machina_worker::Worker::new(id.into(), self.ledger.clone(), RecipeBook::builtin(), self.settings.clone());
         tokio::spawn(w.run(1, stop.clone()));
         stop
     }
