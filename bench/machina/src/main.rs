@@ -1,1 +1,159 @@
-fn main() {}
+//! Benchmark of machina's ledger, measured the same way as the peers in bench/peers.
+//!
+//! Phase 1 (durable enqueue): `--submitters` tokio tasks add `--jobs` no-op tasks in total to
+//! one executing run, each `append_tasks` awaited on its own; it returns only after the group
+//! commit that holds it (WAL, `synchronous=FULL`) has committed.
+//! Phase 2 (processing): `--consumers` tokio tasks each loop claim → (no-op) → complete, the
+//! way a worker does: a completion commits together with the claim of the consumer's next
+//! task (`complete_and_claim`). A claim is a leased, fenced task; a completion writes the
+//! attempt row, the receipt, the event and settles the run. Latency is claim returned →
+//! completion committed.
+//!
+//! Prints exactly one JSON line on stdout; progress goes to stderr.
+
+use machina_core::{Plan, TaskSpec};
+use machina_ledger::{CompiledPlan, Ledger, LedgerOptions, NewIntent, NewRun, Submission, TaskReport, Work};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+struct Args {
+    jobs: usize,
+    consumers: usize,
+    submitters: usize,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args { jobs: 100_000, consumers: 4, submitters: 64 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let val: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{flag} needs a number"));
+        match flag.as_str() {
+            "--jobs" => a.jobs = val,
+            "--consumers" => a.consumers = val.max(1),
+            "--submitters" => a.submitters = val.max(1),
+            _ => panic!("unknown flag {flag} (use --jobs --consumers --submitters)"),
+        }
+    }
+    a
+}
+
+fn noop(name: String) -> TaskSpec {
+    TaskSpec { name, tool: "shell".into(), argv: vec!["/usr/bin/true".into()], timeout_secs: 10 }
+}
+
+/// One executing run to hold the benchmark's tasks (its seed task is processed with them).
+async fn executing_run(ledger: &Ledger) -> String {
+    let intent = NewIntent { goal: "bench".into(), inputs: json!({}), constraints: json!({}) };
+    let run = NewRun {
+        intent_id: String::new(),
+        recipe: "bench".into(),
+        partition_key: "bench".into(),
+        workload: json!({}),
+        concurrency: 1_000_000,
+    };
+    ledger.submit(None, Submission::Enqueue(intent, run)).await.unwrap();
+    let job = ledger.claim_compile("setup", 60_000).await.unwrap().unwrap();
+    let plan = Plan { recipe: "bench".into(), concurrency: 1_000_000, tasks: vec![noop("seed".into())] };
+    let sha = ledger.put_artifact(plan.canonical_bytes(), "application/json").await.unwrap();
+    let compiled = CompiledPlan { plan, plan_sha256: sha, approval_required: false };
+    ledger.finish_compile(&job, "setup", Ok(compiled)).await.unwrap();
+    job.run.id
+}
+
+fn report(task_id: i64, owner: &str, attempt: u32) -> TaskReport {
+    TaskReport {
+        task_id,
+        owner: owner.into(),
+        attempt,
+        err_code: None,
+        exit_status: Some(0),
+        stdout_sha256: None,
+        stderr_sha256: None,
+        wall_ms: 0,
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(LedgerOptions::new(dir.path())).unwrap();
+    let pragmas = ledger.pragmas().await.unwrap();
+    assert_eq!((pragmas.journal_mode.as_str(), pragmas.synchronous), ("wal", 2), "durability must be WAL + FULL");
+    let run = executing_run(&ledger).await;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut subs = Vec::new();
+    for _ in 0..args.submitters {
+        let (ledger, run, next, n) = (ledger.clone(), run.clone(), next.clone(), args.jobs);
+        subs.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                ledger.append_tasks(&run, vec![noop(format!("job-{i}"))]).await.unwrap();
+            }
+        }));
+    }
+    for s in subs {
+        s.await.unwrap();
+    }
+    let enqueue_s = t0.elapsed().as_secs_f64();
+    eprintln!("machina: enqueued {} in {enqueue_s:.2}s", args.jobs);
+
+    let t1 = Instant::now();
+    let mut consumers = Vec::new();
+    for c in 0..args.consumers {
+        let ledger = ledger.clone();
+        consumers.push(tokio::spawn(async move {
+            let owner = format!("consumer-{c}");
+            let mut lat = Vec::new();
+            let mut next = ledger.claim_task(&owner, 60_000).await.unwrap();
+            while let Some(t) = next {
+                let claimed = Instant::now();
+                let (_, following) =
+                    ledger.complete_and_claim(report(t.task_id, &owner, t.attempt), 60_000).await.unwrap();
+                lat.push(claimed.elapsed().as_micros() as u64);
+                next = match following {
+                    Some(Work::Task(t)) => Some(t),
+                    Some(Work::Compile(_)) => unreachable!("no queued runs in this benchmark"),
+                    None => None,
+                };
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for c in consumers {
+        lat.extend(c.await.unwrap());
+    }
+    let process_s = t1.elapsed().as_secs_f64();
+    let done = ledger.query_i64("SELECT COUNT(*) FROM tasks WHERE status = 'succeeded'").await.unwrap();
+    assert_eq!(done as usize, args.jobs + 1, "every task committed");
+    assert_eq!(ledger.query_i64("SELECT COUNT(*) FROM receipts WHERE seen > 1").await.unwrap(), 0);
+    assert_eq!(lat.len(), args.jobs + 1);
+    lat.sort_unstable();
+    eprintln!("machina: processed {} in {process_s:.2}s", args.jobs);
+    let line = json!({
+        "system": "machina",
+        "jobs": args.jobs,
+        "enqueue_jobs_per_s": args.jobs as f64 / enqueue_s,
+        "process_jobs_per_s": args.jobs as f64 / process_s,
+        "latency_p50_us": percentile(&lat, 0.50),
+        "latency_p99_us": percentile(&lat, 0.99),
+        "durability": "synchronous=FULL",
+        "notes": format!("ledger level, group commit; {} submitters, {} consumers in one process", args.submitters, args.consumers),
+    });
+    println!("{line}");
+}

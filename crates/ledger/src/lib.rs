@@ -88,6 +88,22 @@ impl ReaderPool {
     }
 }
 
+/// Work handed to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Compile a run's plan.
+    Compile(CompileJob),
+    /// Run a task.
+    Task(ClaimedTask),
+}
+
+fn claim_work(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Result<Option<Work>> {
+    if let Some((run, intent, compile_attempt)) = runs::claim_compile(c, owner, lease_ms, now)? {
+        return Ok(Some(Work::Compile(CompileJob { run, intent, compile_attempt })));
+    }
+    Ok(tasks::claim(c, owner, lease_ms, now)?.map(Work::Task))
+}
+
 /// A handle on the ledger; clone freely (all clones share one writer thread).
 #[derive(Clone)]
 pub struct Ledger {
@@ -236,6 +252,12 @@ impl Ledger {
         self.writer.write(move |c, now| runs::finish_compile(c, &id, &owner, attempt, outcome, &policy, now)).await
     }
 
+    /// Add tasks to an executing run; their keys follow the same rule as a plan's.
+    pub async fn append_tasks(&self, run_id: &str, specs: Vec<machina_core::TaskSpec>) -> Result<usize> {
+        let id = run_id.to_string();
+        self.writer.write(move |c, now| runs::append_tasks(c, &id, &specs, now)).await
+    }
+
     /// Claim one runnable task under a lease of `lease_ms`.
     pub async fn claim_task(&self, owner: &str, lease_ms: i64) -> Result<Option<ClaimedTask>> {
         let owner = owner.to_string();
@@ -253,6 +275,38 @@ impl Ledger {
         let policy = self.retry.clone();
         let jitter = RetryPolicy::random_jitter();
         self.writer.write(move |c, now| tasks::complete(c, &report, &policy, jitter, now)).await
+    }
+
+    /// Claim the next piece of work: a queued run to compile first (so new runs are not
+    /// starved by long task queues), else a task.
+    pub async fn claim_work(&self, owner: &str, lease_ms: i64) -> Result<Option<Work>> {
+        let owner = owner.to_string();
+        self.writer.write(move |c, now| claim_work(c, &owner, lease_ms, now)).await
+    }
+
+    /// Commit an attempt's outcome and claim the owner's next work in the same
+    /// transaction: one group-commit round trip per task instead of two.
+    pub async fn complete_and_claim(&self, report: TaskReport, lease_ms: i64) -> Result<(Completion, Option<Work>)> {
+        let policy = self.retry.clone();
+        let jitter = RetryPolicy::random_jitter();
+        self.writer
+            .write(move |c, now| {
+                let done = tasks::complete(c, &report, &policy, jitter, now)?;
+                Ok((done, claim_work(c, &report.owner, lease_ms, now)?))
+            })
+            .await
+    }
+
+    /// Give back a claimed task that was not started (shutdown), without using up a retry.
+    pub async fn release_task(&self, t: &ClaimedTask, owner: &str) -> Result<()> {
+        let (id, attempt, owner) = (t.task_id, t.attempt, owner.to_string());
+        self.writer.write(move |c, now| tasks::release(c, id, &owner, attempt, now)).await
+    }
+
+    /// Whether anything might be claimable (a cheap read, no write lock): idle workers
+    /// ask this before taking the write lock to claim.
+    pub async fn has_work(&self) -> Result<bool> {
+        self.read(|c, now| queries::has_work(c, now)).await
     }
 
     /// Reclaim expired leases (tasks and compiles); with `owner`, every lease of that owner.

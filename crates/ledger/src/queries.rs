@@ -97,6 +97,16 @@ pub(crate) fn artifact_known(c: &Connection, sha: &str) -> Result<()> {
     if known { Ok(()) } else { Err(LedgerError::not_found("artifact", sha)) }
 }
 
+pub(crate) fn has_work(c: &Connection, now: i64) -> Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM runs WHERE status = 'queued')
+                 OR EXISTS(SELECT 1 FROM tasks WHERE status = 'queued' AND not_before <= ?1)
+                 OR EXISTS(SELECT 1 FROM tasks WHERE status = 'leased' AND lease_expires_at < ?1)
+                 OR EXISTS(SELECT 1 FROM runs WHERE status = 'compiling' AND lease_expires_at < ?1)",
+    )?
+    .query_row([now], |r| r.get(0))?)
+}
+
 fn grouped(c: &Connection, sql: &str) -> Result<Vec<(String, i64)>> {
     Ok(c.prepare_cached(sql)?.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?)
 }

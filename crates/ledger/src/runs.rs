@@ -1,6 +1,6 @@
 //! Intents, runs, their steps and events: the run state machine, inside write transactions.
 
-use machina_core::{ErrCode, Plan, RunStatus, Step, StepOutcome, task_key};
+use machina_core::{ErrCode, Plan, RunStatus, Step, StepOutcome, TaskSpec, task_key};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
@@ -315,21 +315,7 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     .execute(params![run.id, approver, now])?;
     let detail = Some(format!("approved by {approver}"));
     record_step(c, run, StepRow { step: Step::Decide, outcome: StepOutcome::Succeeded, err_code: None, detail }, now)?;
-    let mut insert = c.prepare_cached(
-        "INSERT INTO tasks(task_key, run_id, idx, partition_key, spec, status, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
-    )?;
-    for (idx, spec) in plan.tasks.iter().enumerate() {
-        let key = task_key(&run.intent_id, &run.id, Step::Execute, spec);
-        insert
-            .execute(params![key, run.id, idx as i64, run.queue_partition_key, serde_json::to_string(spec)?, now])
-            .map_err(|e| match LedgerError::from(e) {
-                LedgerError::Db(m) if m.contains("UNIQUE") => {
-                    LedgerError::Conflict(format!("task key {key} is already committed"))
-                }
-                other => other,
-            })?;
-    }
+    insert_tasks(c, run, &plan.tasks, 0, now)?;
     transition(c, run, RunStatus::Executing, now)?;
     record_step(
         c,
@@ -339,6 +325,49 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     )?;
     event(c, &run.id, "tasks_queued", json!({"count": plan.tasks.len()}), now)?;
     Ok(())
+}
+
+fn insert_tasks(c: &Connection, run: &RunRecord, specs: &[TaskSpec], first_idx: i64, now: i64) -> Result<()> {
+    let mut insert = c.prepare_cached(
+        "INSERT INTO tasks(task_key, run_id, idx, partition_key, spec, status, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
+    )?;
+    for (i, spec) in specs.iter().enumerate() {
+        let key = task_key(&run.intent_id, &run.id, Step::Execute, spec);
+        insert
+            .execute(params![
+                key,
+                run.id,
+                first_idx + i as i64,
+                run.queue_partition_key,
+                serde_json::to_string(spec)?,
+                now
+            ])
+            .map_err(|e| match LedgerError::from(e) {
+                LedgerError::Db(m) if m.contains("UNIQUE") => {
+                    LedgerError::Conflict(format!("task key {key} is already committed"))
+                }
+                other => other,
+            })?;
+    }
+    Ok(())
+}
+
+/// Add tasks to an executing run (dynamic fan-out; also what the benchmarks enqueue).
+pub(crate) fn append_tasks(c: &Connection, run_id: &str, specs: &[TaskSpec], now: i64) -> Result<usize> {
+    let run = load_run(c, run_id)?;
+    if run.status != RunStatus::Executing {
+        return Err(LedgerError::IllegalState(format!(
+            "run {run_id} is {}: tasks can only be added to an executing run",
+            run.status
+        )));
+    }
+    let next: i64 = c
+        .prepare_cached("SELECT COALESCE(MAX(idx), -1) + 1 FROM tasks WHERE run_id = ?1")?
+        .query_row([run_id], |r| r.get(0))?;
+    insert_tasks(c, &run, specs, next, now)?;
+    event(c, run_id, "tasks_queued", json!({"count": specs.len()}), now)?;
+    Ok(specs.len())
 }
 
 /// RetryRun: resume a failed run from its failed step, under the same id.

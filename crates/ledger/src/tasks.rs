@@ -237,10 +237,14 @@ fn settle_run(
             set_outcome(c, &run.id, Some((code.as_str(), &message)), Some(if exhausted { "REPAIR" } else { "RETRY" }))?;
         }
         (TaskStatus::Succeeded, _) => {
-            let open: i64 = c
-                .prepare_cached("SELECT COUNT(*) FROM tasks WHERE run_id = ?1 AND status != 'succeeded'")?
+            // Index seeks on (run_id, status), not a scan of the run's tasks.
+            let open: bool = c
+                .prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM tasks WHERE run_id = ?1
+                     AND status IN ('queued', 'leased', 'failed', 'canceled'))",
+                )?
                 .query_row([&run.id], |r| r.get(0))?;
-            if open == 0 {
+            if !open {
                 let row =
                     StepRow { step: Step::Execute, outcome: StepOutcome::Succeeded, err_code: None, detail: None };
                 record_step(c, run, row, now)?;
@@ -250,6 +254,26 @@ fn settle_run(
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Hand a claimed but unstarted task back (worker shutting down). The attempt number
+/// stays spent (it is a fencing token) but does not count against the retry budget.
+pub(crate) fn release(c: &Connection, task_id: i64, owner: &str, attempt: u32, now: i64) -> Result<()> {
+    let held = fence(c, task_id, owner, attempt)?;
+    c.prepare_cached(
+        "UPDATE tasks SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+         budget_base = budget_base + 1, updated_at = ?2 WHERE id = ?1",
+    )?
+    .execute(params![task_id, now])?;
+    c.prepare_cached("UPDATE runs SET leased_tasks = leased_tasks - 1 WHERE id = ?1")?.execute([&held.run_id])?;
+    event(
+        c,
+        &held.run_id,
+        "task_released",
+        json!({"taskKey": held.task_key, "attempt": attempt, "owner": owner}),
+        now,
+    )?;
     Ok(())
 }
 

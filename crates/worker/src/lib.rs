@@ -12,7 +12,7 @@ pub mod shell;
 use machina_core::config::Settings;
 use machina_core::recipe::Workload;
 use machina_core::{ErrCode, RecipeBook};
-use machina_ledger::{ClaimedTask, CompileJob, CompiledPlan, Heartbeat, Ledger, LedgerError, TaskReport};
+use machina_ledger::{ClaimedTask, CompileJob, CompiledPlan, Heartbeat, Ledger, LedgerError, TaskReport, Work};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,12 +30,6 @@ pub struct Worker {
     recipes: Arc<RecipeBook>,
     settings: Arc<Settings>,
     shell: Arc<ShellPolicy>,
-}
-
-/// Did a slot find work?
-enum Step {
-    Worked,
-    Idle,
 }
 
 impl Worker {
@@ -69,10 +63,18 @@ impl Worker {
 
     async fn slot_loop(&self, slot: usize, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.settings.worker.poll_ms);
+        let mut next: Option<Work> = None;
         while !shutdown.is_cancelled() {
-            match self.step().await {
-                Ok(Step::Worked) => continue,
-                Ok(Step::Idle) => {}
+            let result = match next.take() {
+                Some(work) => self.perform(work).await,
+                None => self.find_work().await,
+            };
+            match result {
+                Ok(Some(work)) => {
+                    next = Some(work);
+                    continue;
+                }
+                Ok(None) => {}
                 Err(e) => tracing::warn!(worker = %self.id, slot, error = %e, kind = %e.kind(), "worker step failed"),
             }
             tokio::select! {
@@ -80,20 +82,37 @@ impl Worker {
                 _ = shutdown.cancelled() => {}
             }
         }
+        // Work claimed with the last commit but not started: a task goes back to the
+        // queue; a compile is quick, so it is finished.
+        let result = match next {
+            Some(Work::Task(t)) => self.ledger.release_task(&t, &self.id).await,
+            Some(Work::Compile(job)) => self.compile(job).await,
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(worker = %self.id, slot, error = %e, "handing back claimed work at shutdown failed");
+        }
     }
 
-    /// One unit of work: reclaim, then a compile, else a task.
-    async fn step(&self) -> Result<Step, LedgerError> {
+    /// Reclaim expired leases and claim work, taking the write lock only when the
+    /// cheap read says there may be something to do.
+    async fn find_work(&self) -> Result<Option<Work>, LedgerError> {
+        if !self.ledger.has_work().await? {
+            return Ok(None);
+        }
         self.ledger.reclaim(None).await?;
-        if let Some(job) = self.ledger.claim_compile(&self.id, self.lease_ms()).await? {
-            self.compile(job).await?;
-            return Ok(Step::Worked);
+        self.ledger.claim_work(&self.id, self.lease_ms()).await
+    }
+
+    /// Do one piece of work; returns the next one when it was claimed with the commit.
+    async fn perform(&self, work: Work) -> Result<Option<Work>, LedgerError> {
+        match work {
+            Work::Compile(job) => {
+                self.compile(job).await?;
+                Ok(None)
+            }
+            Work::Task(task) => self.execute(task).await,
         }
-        if let Some(task) = self.ledger.claim_task(&self.id, self.lease_ms()).await? {
-            self.execute(task).await?;
-            return Ok(Step::Worked);
-        }
-        Ok(Step::Idle)
     }
 
     async fn compile(&self, job: CompileJob) -> Result<(), LedgerError> {
@@ -123,13 +142,13 @@ impl Worker {
         Ok(CompiledPlan { plan, plan_sha256: sha, approval_required: recipe.approval_required })
     }
 
-    async fn execute(&self, task: ClaimedTask) -> Result<(), LedgerError> {
+    async fn execute(&self, task: ClaimedTask) -> Result<Option<Work>, LedgerError> {
         let span =
             tracing::info_span!("task", run_id = %task.run_id, task_key = %task.task_key, attempt = task.attempt);
         tracing::Instrument::instrument(self.execute_in_span(task), span).await
     }
 
-    async fn execute_in_span(&self, task: ClaimedTask) -> Result<(), LedgerError> {
+    async fn execute_in_span(&self, task: ClaimedTask) -> Result<Option<Work>, LedgerError> {
         let dir = self.settings.state_dir.join("tasks").join(&task.task_key);
         let outcome = match prepare_dir(&dir) {
             Err(e) => shell::ShellOutcome {
@@ -141,7 +160,7 @@ impl Worker {
             },
             Ok(()) => match self.run_with_heartbeat(&task, &dir).await {
                 Some(o) => o,
-                None => return Ok(()), // lease lost: the new holder commits, not us
+                None => return Ok(None), // lease lost: the new holder commits, not us
             },
         };
         let _ = std::fs::remove_dir_all(&dir);
@@ -157,15 +176,15 @@ impl Worker {
             stderr_sha256: Some(stderr),
             wall_ms: outcome.wall_ms,
         };
-        match self.ledger.complete_task(report).await {
-            Ok(done) => {
+        match self.ledger.complete_and_claim(report, self.lease_ms()).await {
+            Ok((done, next)) => {
                 let code = outcome.err_code.map(|c| c.as_str()).unwrap_or("");
                 tracing::info!(err_code = code, task_status = %done.task_status, run_status = %done.run_status, "task committed");
-                Ok(())
+                Ok(next)
             }
             Err(LedgerError::StaleLease(m)) => {
                 tracing::warn!("result discarded, lease lost: {m}");
-                Ok(())
+                Ok(None)
             }
             Err(e) => Err(e),
         }
