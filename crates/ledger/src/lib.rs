@@ -92,14 +92,14 @@ impl ReaderPool {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
     /// Compile a run's plan.
-    Compile(CompileJob),
+    Compile(Box<CompileJob>),
     /// Run a task.
     Task(ClaimedTask),
 }
 
 fn claim_work(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Result<Option<Work>> {
     if let Some((run, intent, compile_attempt)) = runs::claim_compile(c, owner, lease_ms, now)? {
-        return Ok(Some(Work::Compile(CompileJob { run, intent, compile_attempt })));
+        return Ok(Some(Work::Compile(Box::new(CompileJob { run, intent, compile_attempt }))));
     }
     Ok(tasks::claim(c, owner, lease_ms, now)?.map(Work::Task))
 }
@@ -306,7 +306,7 @@ impl Ledger {
     /// Whether anything might be claimable (a cheap read, no write lock): idle workers
     /// ask this before taking the write lock to claim.
     pub async fn has_work(&self) -> Result<bool> {
-        self.read(|c, now| queries::has_work(c, now)).await
+        self.read(queries::has_work).await
     }
 
     /// Reclaim expired leases (tasks and compiles); with `owner`, every lease of that owner.

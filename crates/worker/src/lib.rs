@@ -86,7 +86,7 @@ impl Worker {
         // queue; a compile is quick, so it is finished.
         let result = match next {
             Some(Work::Task(t)) => self.ledger.release_task(&t, &self.id).await,
-            Some(Work::Compile(job)) => self.compile(job).await,
+            Some(Work::Compile(job)) => self.compile(*job).await,
             None => Ok(()),
         };
         if let Err(e) = result {
@@ -108,7 +108,7 @@ impl Worker {
     async fn perform(&self, work: Work) -> Result<Option<Work>, LedgerError> {
         match work {
             Work::Compile(job) => {
-                self.compile(job).await?;
+                self.compile(*job).await?;
                 Ok(None)
             }
             Work::Task(task) => self.execute(task).await,
