@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use machina_core::RecipeBook;
-use machina_core::config::{ConfigError, DaemonPaths, EXIT_CONFIG, Settings};
+use machina_core::config::{ConfigError, DaemonPaths, Settings};
 use machina_ledger::{Ledger, LedgerOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,29 +34,9 @@ pub struct Args {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    init_logging();
+    machina_daemon::init_logging();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("machina-api: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
-        }
-    }
-}
-
-/// Log to stderr (journald picks it up under systemd); `MACHINA_LOG` sets the filter.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MACHINA_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    machina_daemon::run("machina-api", run(args))
 }
 
 /// Read the bearer token: `api.token_file`, else the `api-token` systemd credential.
@@ -108,7 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         token: Arc::new(token),
         shutdown: shutdown.clone(),
     };
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(machina_daemon::cancel_on_signal(shutdown.clone(), "draining in-flight requests"));
     tracing::info!(%addr, "machina-api listening");
     serve(listener, state, shutdown).await
 }
@@ -123,18 +103,4 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     tracing::info!("machina-api stopped");
     Ok(())
-}
-
-/// Cancel `token` on SIGTERM or SIGINT.
-pub async fn wait_for_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-    }
-    token.cancel();
 }

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use machina_core::RecipeBook;
-use machina_core::config::{ConfigError, DaemonPaths, EXIT_CONFIG, Settings};
+use machina_core::config::{ConfigError, DaemonPaths, Settings};
 use machina_ledger::{Ledger, LedgerOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,24 +31,9 @@ pub struct Args {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MACHINA_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    machina_daemon::init_logging();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("machina-worker: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("machina-worker: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
-        }
-    }
+    machina_daemon::run("machina-worker", run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -66,22 +51,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     opts.retry = settings.retry.clone();
     let ledger = tokio::task::spawn_blocking(move || Ledger::open(opts)).await?.context("opening the ledger")?;
     let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    let signals = tokio::spawn(machina_daemon::cancel_on_signal(shutdown.clone(), "finishing in-flight tasks"));
     tracing::info!(worker = %args.id, slots = args.slots, "machina-worker started");
     Worker::new(args.id, ledger, recipes, settings).run(args.slots, shutdown).await?;
     signals.abort();
     Ok(())
-}
-
-async fn wait_for_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight tasks"),
-        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight tasks"),
-    }
-    token.cancel();
 }
