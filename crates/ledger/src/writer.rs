@@ -126,28 +126,44 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Cl
     tracing::debug!("ledger writer: all handles dropped, exiting");
 }
 
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let err = LedgerError::from(e);
         for job in batch.drain(..) {
             job.fail(err.clone());
         }
         return;
     }
+    // A lone job needs no savepoint: if it fails, the whole transaction is rolled back.
+    let lone = batch.len() == 1;
+    let mut lone_failed = false;
     let mut delivers = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if !lone && let Err(e) = exec_cached(conn, "SAVEPOINT job") {
             job.fail(LedgerError::from(e));
             continue;
         }
         let (failed, deliver) = job.run(conn, now);
-        let end = if failed { "ROLLBACK TO job; RELEASE job" } else { "RELEASE job" };
-        if let Err(e) = conn.execute_batch(end) {
-            tracing::error!(error = %e, "ledger writer: ending a savepoint failed");
+        if lone {
+            lone_failed = failed;
+        } else {
+            let end = if failed {
+                exec_cached(conn, "ROLLBACK TO job").and_then(|_| exec_cached(conn, "RELEASE job"))
+            } else {
+                exec_cached(conn, "RELEASE job")
+            };
+            if let Err(e) = end {
+                tracing::error!(error = %e, "ledger writer: ending a savepoint failed");
+            }
         }
         delivers.push(deliver);
     }
-    let commit_err = conn.execute_batch("COMMIT").err().map(LedgerError::from);
+    let end = if lone_failed { "ROLLBACK" } else { "COMMIT" };
+    let commit_err = exec_cached(conn, end).err().map(LedgerError::from);
     if let Some(e) = &commit_err {
         tracing::error!(error = %e, "ledger writer: COMMIT failed; the batch was rolled back");
         let _ = conn.execute_batch("ROLLBACK");
