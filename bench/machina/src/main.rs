@@ -19,15 +19,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 struct Args {
+    enqueue_only: bool,
     jobs: usize,
     consumers: usize,
     submitters: usize,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { jobs: 100_000, consumers: 4, submitters: 64 };
+    let mut a = Args { enqueue_only: false, jobs: 100_000, consumers: 4, submitters: 64 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--enqueue-only" {
+            a.enqueue_only = true;
+            continue;
+        }
         let val: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{flag} needs a number"));
         match flag.as_str() {
             "--jobs" => a.jobs = val,
@@ -87,7 +92,7 @@ async fn main() {
     let args = parse_args();
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(LedgerOptions::new(dir.path())).unwrap();
-    let pragmas = ledger.pragmas().await.unwrap();
+    let pragmas = ledger.pragmas();
     assert_eq!((pragmas.journal_mode.as_str(), pragmas.synchronous), ("wal", 2), "durability must be WAL + FULL");
     let run = executing_run(&ledger).await;
 
@@ -110,7 +115,12 @@ async fn main() {
         s.await.unwrap();
     }
     let enqueue_s = t0.elapsed().as_secs_f64();
-    eprintln!("machina: enqueued {} in {enqueue_s:.2}s", args.jobs);
+    let (txns, ops) = ledger.writer_stats();
+    eprintln!("machina: enqueue group commits: {txns} transactions, {:.1} operations each", ops as f64 / txns as f64);
+    eprintln!("machina: enqueued {} in {enqueue_s:.2}s ({:.0}/s)", args.jobs, args.jobs as f64 / enqueue_s);
+    if args.enqueue_only {
+        return;
+    }
 
     let t1 = Instant::now();
     let mut consumers = Vec::new();
@@ -139,6 +149,12 @@ async fn main() {
         lat.extend(c.await.unwrap());
     }
     let process_s = t1.elapsed().as_secs_f64();
+    let (txns2, ops2) = ledger.writer_stats();
+    eprintln!(
+        "machina: processing group commits: {} transactions, {:.1} operations each",
+        txns2 - txns,
+        (ops2 - ops) as f64 / (txns2 - txns) as f64
+    );
     let done = ledger.query_i64("SELECT COUNT(*) FROM tasks WHERE status = 'succeeded'").await.unwrap();
     assert_eq!(done as usize, args.jobs + 1, "every task committed");
     assert_eq!(ledger.query_i64("SELECT COUNT(*) FROM receipts WHERE seen > 1").await.unwrap(), 0);

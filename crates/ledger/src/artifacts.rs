@@ -21,8 +21,19 @@ pub fn is_sha256_hex(s: &str) -> bool {
 impl ArtifactStore {
     /// A store rooted at `root` (created if missing).
     pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root.join("tmp"))
-            .map_err(|e| LedgerError::Io(format!("cannot create artifact store {}: {e}", root.display())))?;
+        let create = || -> std::io::Result<()> {
+            fs::create_dir_all(root.join("tmp"))?;
+            // All 256 fan-out directories exist (and are durable) before any artifact is
+            // written, so a put only has to fsync the one directory it renames into.
+            for i in 0..=255u8 {
+                let d = root.join(format!("{i:02x}"));
+                if !d.exists() {
+                    fs::create_dir(&d)?;
+                }
+            }
+            File::open(root)?.sync_all()
+        };
+        create().map_err(|e| LedgerError::Io(format!("cannot create artifact store {}: {e}", root.display())))?;
         Ok(Self { root: root.to_path_buf() })
     }
 
@@ -42,7 +53,6 @@ impl ArtifactStore {
         if dest.exists() {
             return Ok(sha);
         }
-        fs::create_dir_all(&dir)?;
         let tmp = self.root.join("tmp").join(format!("{sha}.{}", uuid::Uuid::now_v7().simple()));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;

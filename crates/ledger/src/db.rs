@@ -9,6 +9,13 @@ use crate::error::{LedgerError, Result};
 /// How long a writer waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
+/// Page cache per connection, in KiB.
+const CACHE_KIB: i64 = 32 * 1024;
+/// Memory-mapped I/O window per connection, in bytes.
+const MMAP_BYTES: i64 = 256 * 1024 * 1024;
+/// WAL pages after which a commit checkpoints by itself (if the background checkpointer lags).
+const AUTOCHECKPOINT_BACKSTOP_PAGES: i64 = 50_000;
+
 /// Prepared statements kept per connection (the ledger uses fewer distinct ones).
 const STATEMENT_CACHE: usize = 256;
 
@@ -56,8 +63,15 @@ pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Con
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
-    // temp_store=MEMORY keeps the per-operation savepoint journals of group commit off disk.
-    conn.execute_batch(&format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;"))?;
+    // temp_store=MEMORY keeps the per-operation savepoint journals of group commit off disk;
+    // a larger page cache and mmap keep hot index pages out of pread(); the commit path
+    // leaves checkpoints to the background checkpointer (see checkpoint.rs), with a high
+    // automatic threshold kept only as a backstop.
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -{CACHE_KIB}; PRAGMA mmap_size = {MMAP_BYTES};
+         PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_BACKSTOP_PAGES};"
+    ))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }

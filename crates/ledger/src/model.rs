@@ -274,7 +274,7 @@ pub struct TaskReport {
 pub enum Heartbeat {
     /// The lease was extended.
     Renewed,
-    /// The run was canceled: stop the task.
+    /// The run is no longer executing (canceled, or failed because another task failed): stop the task.
     Canceled,
 }
 

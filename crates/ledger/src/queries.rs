@@ -1,7 +1,7 @@
 //! Read-only queries (run on reader connections, off the async threads).
 
 use machina_core::RunStatus;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{LedgerError, Result};
 use crate::model::{
@@ -27,7 +27,7 @@ pub(crate) fn run_detail(c: &Connection, id: &str) -> Result<RunDetail> {
     let run = load_run(c, id)?;
     let steps = c
         .prepare_cached(
-            "SELECT step, outcome, generation, err_code, detail, at FROM run_steps WHERE run_id = ?1 ORDER BY id",
+            "SELECT step, outcome, generation, err_code, detail, at FROM run_steps WHERE run_id = CAST(?1 AS TEXT) ORDER BY id",
         )?
         .query_map([id], |r| {
             Ok(StepRecord {
@@ -41,7 +41,7 @@ pub(crate) fn run_detail(c: &Connection, id: &str) -> Result<RunDetail> {
         })?
         .collect::<rusqlite::Result<_>>()?;
     let tasks = c
-        .prepare_cached(&format!("SELECT {TASK_COLS} FROM tasks WHERE run_id = ?1 ORDER BY idx"))?
+        .prepare_cached(&format!("SELECT {TASK_COLS} FROM tasks WHERE run_id = CAST(?1 AS TEXT) ORDER BY idx"))?
         .query_map([id], TaskRecord::from_row)?
         .collect::<rusqlite::Result<_>>()?;
     Ok(RunDetail { run, steps, tasks })
@@ -62,7 +62,9 @@ pub(crate) fn list_runs(c: &Connection, f: &RunFilter) -> Result<Vec<RunRecord>>
 pub(crate) fn events(c: &Connection, run_id: &str, after: i64, limit: u32) -> Result<Vec<EventRecord>> {
     load_run(c, run_id)?;
     let rows = c
-        .prepare_cached("SELECT seq, kind, data, at FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?
+        .prepare_cached(
+            "SELECT seq, kind, data, at FROM events WHERE run_id = CAST(?1 AS TEXT) AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?
         .query_map(params![run_id, after, limit], |r| {
             Ok(EventRecord { seq: r.get(0)?, kind: r.get(1)?, data: json_col(r, 2)?, at: r.get(3)? })
         })?
@@ -98,13 +100,27 @@ pub(crate) fn artifact_known(c: &Connection, sha: &str) -> Result<()> {
 }
 
 pub(crate) fn has_work(c: &Connection, now: i64) -> Result<bool> {
+    // The same conditions claim_work and reclaim apply, so an idle worker does not take
+    // the write lock for work it cannot have.
     Ok(c.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM runs WHERE status = 'queued')
-                 OR EXISTS(SELECT 1 FROM tasks WHERE status = 'queued' AND not_before <= ?1)
+        "SELECT EXISTS(SELECT 1 FROM runs r JOIN partitions p ON p.key = r.partition_key
+                           WHERE r.status = 'queued' AND p.paused = 0)
+                 OR EXISTS(SELECT 1 FROM runs r JOIN partitions p ON p.key = r.partition_key
+                           WHERE r.status = 'executing' AND p.paused = 0 AND r.leased_tasks < r.concurrency
+                           AND EXISTS(SELECT 1 FROM tasks t WHERE t.run_id = r.id AND t.status = 'queued'
+                                      AND t.not_before <= ?1))
                  OR EXISTS(SELECT 1 FROM tasks WHERE status = 'leased' AND lease_expires_at < ?1)
                  OR EXISTS(SELECT 1 FROM runs WHERE status = 'compiling' AND lease_expires_at < ?1)",
     )?
     .query_row([now], |r| r.get(0))?)
+}
+
+/// A run's status alone (cheap, for watchers).
+pub(crate) fn run_status(c: &Connection, id: &str) -> Result<RunStatus> {
+    c.prepare_cached("SELECT status FROM runs WHERE id = ?1")?
+        .query_row([id], |r| parse_col(r, 0))
+        .optional()?
+        .ok_or_else(|| LedgerError::not_found("run", id))
 }
 
 fn grouped(c: &Connection, sql: &str) -> Result<Vec<(String, i64)>> {

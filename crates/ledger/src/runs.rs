@@ -52,7 +52,7 @@ pub(crate) fn event(c: &Connection, run_id: &str, kind: &str, data: Value, now: 
     let seq = c
         .prepare_cached(
             "INSERT INTO events(run_id, seq, kind, data, at)
-             VALUES (?1, COALESCE((SELECT MAX(seq) FROM events WHERE run_id = ?1), 0) + 1, ?2, ?3, ?4)
+             VALUES (?1, COALESCE((SELECT MAX(seq) FROM events WHERE run_id = CAST(?1 AS TEXT)), 0) + 1, ?2, ?3, ?4)
              RETURNING seq",
         )?
         .query_row(params![run_id, kind, data.to_string(), now], |r| r.get(0))?;
@@ -363,7 +363,7 @@ pub(crate) fn append_tasks(c: &Connection, run_id: &str, specs: &[TaskSpec], now
         )));
     }
     let next: i64 = c
-        .prepare_cached("SELECT COALESCE(MAX(idx), -1) + 1 FROM tasks WHERE run_id = ?1")?
+        .prepare_cached("SELECT COALESCE(MAX(idx), -1) + 1 FROM tasks WHERE run_id = CAST(?1 AS TEXT)")?
         .query_row([run_id], |r| r.get(0))?;
     insert_tasks(c, &run, specs, next, now)?;
     event(c, run_id, "tasks_queued", json!({"count": specs.len()}), now)?;

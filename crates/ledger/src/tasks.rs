@@ -33,7 +33,7 @@ pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Res
     for pk in partitions {
         let runs: Vec<String> = c
             .prepare_cached(
-                "SELECT id FROM runs WHERE partition_key = ?1 AND status = 'executing'
+                "SELECT id FROM runs WHERE partition_key = CAST(?1 AS TEXT) AND status = 'executing'
                  AND leased_tasks < concurrency ORDER BY last_claim_seq, id",
             )?
             .query_map([&pk], |r| r.get(0))?
@@ -42,7 +42,7 @@ pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Res
             let task: Option<(i64, String, String)> = c
                 .prepare_cached(
                     "SELECT id, task_key, spec FROM tasks
-                     WHERE run_id = ?1 AND status = 'queued' AND not_before <= ?2 ORDER BY idx LIMIT 1",
+                     WHERE run_id = CAST(?1 AS TEXT) AND status = 'queued' AND not_before <= ?2 ORDER BY idx LIMIT 1",
                 )?
                 .query_row(params![run_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
@@ -118,7 +118,8 @@ pub(crate) fn heartbeat(
 ) -> Result<Heartbeat> {
     let held = fence(c, task_id, owner, attempt)?;
     let run = load_run(c, &held.run_id)?;
-    if run.status == RunStatus::Canceled {
+    if run.status != RunStatus::Executing {
+        // Canceled, or failed closed because another task failed: stop this one too.
         return Ok(Heartbeat::Canceled);
     }
     c.prepare_cached("UPDATE tasks SET lease_expires_at = ?2 WHERE id = ?1")?
@@ -261,11 +262,13 @@ fn settle_run(
 /// stays spent (it is a fencing token) but does not count against the retry budget.
 pub(crate) fn release(c: &Connection, task_id: i64, owner: &str, attempt: u32, now: i64) -> Result<()> {
     let held = fence(c, task_id, owner, attempt)?;
+    // A run that stopped meanwhile (canceled, failed) must not get the task back as runnable.
+    let next = if load_run(c, &held.run_id)?.status == RunStatus::Executing { "queued" } else { "canceled" };
     c.prepare_cached(
-        "UPDATE tasks SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+        "UPDATE tasks SET status = ?3, lease_owner = NULL, lease_expires_at = NULL,
          budget_base = budget_base + 1, updated_at = ?2 WHERE id = ?1",
     )?
-    .execute(params![task_id, now])?;
+    .execute(params![task_id, now, next])?;
     c.prepare_cached("UPDATE runs SET leased_tasks = leased_tasks - 1 WHERE id = ?1")?.execute([&held.run_id])?;
     event(
         c,

@@ -7,6 +7,7 @@
 
 use rusqlite::Connection;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{LedgerError, Result};
@@ -74,16 +75,31 @@ where
 #[derive(Clone)]
 pub(crate) struct WriterHandle {
     tx: mpsc::Sender<Box<dyn Job>>,
+    counters: Arc<Counters>,
+}
+
+/// Transactions committed and operations they carried.
+#[derive(Default)]
+struct Counters {
+    transactions: AtomicU64,
+    operations: AtomicU64,
 }
 
 impl WriterHandle {
     pub(crate) fn spawn(conn: Connection, clock: Arc<dyn Clock>) -> Result<(Self, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(conn, rx, clock))
+            .spawn(move || run(conn, rx, clock, &c))
             .map_err(|e| LedgerError::Io(format!("cannot start the ledger writer thread: {e}")))?;
-        Ok((Self { tx }, handle))
+        Ok((Self { tx, counters }, handle))
+    }
+
+    /// (transactions, operations) so far.
+    pub(crate) fn stats(&self) -> (u64, u64) {
+        (self.counters.transactions.load(Ordering::Relaxed), self.counters.operations.load(Ordering::Relaxed))
     }
 
     /// Run `f` in the next group commit; resolves after COMMIT.
@@ -111,7 +127,7 @@ impl WriterHandle {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Clock>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Clock>, counters: &Counters) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -121,6 +137,8 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Cl
                 Err(_) => break,
             }
         }
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
+        counters.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
         commit_batch(&conn, &mut batch, clock.now_ms());
     }
     tracing::debug!("ledger writer: all handles dropped, exiting");

@@ -15,7 +15,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pragmas_read_back_as_configured() {
     let t = TestLedger::new();
-    let p = t.ledger.pragmas().await.unwrap();
+    let p = t.ledger.pragmas();
     assert_eq!(p.journal_mode.to_ascii_lowercase(), "wal");
     assert_eq!(p.synchronous, 2, "FULL by default");
     assert_eq!(p.foreign_keys, 1);
@@ -25,7 +25,7 @@ async fn pragmas_read_back_as_configured() {
     let mut o = options(dir.path(), &ManualClock::new(T0));
     o.durability = Durability::Normal;
     let normal = Ledger::open(o).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(normal.pragmas().await.unwrap().synchronous, 1, "NORMAL when asked");
+    assert_eq!(normal.pragmas().synchronous, 1, "NORMAL when asked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

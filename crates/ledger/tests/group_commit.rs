@@ -73,3 +73,41 @@ async fn a_failing_operation_does_not_roll_back_its_batch() {
     }
     assert_eq!(count(l, "SELECT COUNT(*) FROM events").await, 161);
 }
+
+/// Operations that queue up while the writer waits for the lock go out in one
+/// transaction, and a failing one among them rolls back only itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_operations_share_one_transaction() {
+    let t = TestLedger::new();
+    let l = &t.ledger;
+    let (intent, _) = enqueue(l, "p", "demo", 1, json!({})).await;
+    let (txns_before, ops_before) = l.writer_stats();
+    // Another process holds the write lock: the writer blocks in BEGIN IMMEDIATE on its
+    // first batch while everything else queues behind it.
+    let locker = raw(l);
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let handles: Vec<_> = (0..100)
+        .map(|i| {
+            let l = l.clone();
+            let mut run = new_run("p", "demo", 1);
+            run.intent_id = if i % 10 == 0 { "no-such-intent".into() } else { intent.clone() };
+            tokio::spawn(async move { l.submit(None, Submission::Run(run)).await })
+        })
+        .collect();
+    // Let every submission reach the writer's queue, then release the lock.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    locker.execute_batch("COMMIT").unwrap();
+    let (mut ok, mut refused) = (0, 0);
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(LedgerError::NotFound { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, refused), (90, 10));
+    let (txns, ops) = l.writer_stats();
+    assert_eq!(ops - ops_before, 100);
+    assert!(txns - txns_before <= 3, "100 queued operations took {} transactions", txns - txns_before);
+    assert_eq!(count(l, "SELECT COUNT(*) FROM runs").await, 91);
+}

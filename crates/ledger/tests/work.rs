@@ -111,3 +111,23 @@ async fn appended_tasks_get_plan_keys_and_only_while_executing() {
     let err = l.append_tasks(&run, vec![spec]).await.unwrap_err();
     assert_eq!(err.kind().as_str(), "illegal_state", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_stops_its_running_and_released_tasks() {
+    let t = TestLedger::new();
+    let l = &t.ledger;
+    let (_, run) = executing_run(l, "a", shell_plan(3, 3)).await;
+    let a = claim(l, "w1").await;
+    let b = claim(l, "w2").await;
+    let c = claim(l, "w3").await;
+    // One task fails closed: the run fails, and the others are told to stop at their next heartbeat.
+    l.complete_task(fail_report(&a, "w1", ErrCode::CmdNonzero)).await.unwrap();
+    assert_eq!(l.run_detail(&run).await.unwrap().run.status, RunStatus::Failed);
+    assert_eq!(l.heartbeat(&b, "w2", LONG_LEASE).await.unwrap(), machina_ledger::Heartbeat::Canceled);
+    // A worker shutting down hands its unstarted task back: it must not become runnable again.
+    l.release_task(&c, "w3").await.unwrap();
+    assert_eq!(l.run_detail(&run).await.unwrap().tasks[2].status, TaskStatus::Canceled);
+    l.complete_task(fail_report(&b, "w2", ErrCode::Canceled)).await.unwrap();
+    assert!(!l.has_work().await.unwrap(), "nothing claimable is left");
+    assert_eq!(count(l, "SELECT leased_tasks FROM runs").await, 0, "lease counter back to zero");
+}

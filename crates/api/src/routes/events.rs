@@ -73,8 +73,10 @@ fn live(
             if c.done {
                 return None;
             }
-            let terminal = match c.st.ledger.run_detail(&c.run_id).await {
-                Ok(d) => d.run.status.is_terminal(),
+            // Read the status before the events: a terminal status seen here means every
+            // event of the run is already committed, so the next fetch gets them all.
+            let terminal = match c.st.ledger.run_status(&c.run_id).await {
+                Ok(s) => s.is_terminal(),
                 Err(_) => true,
             };
             match c.st.ledger.events(&c.run_id, c.after, EVENTS_PAGE).await {

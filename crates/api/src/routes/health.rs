@@ -10,7 +10,8 @@ use crate::AppState;
 use crate::error::ApiResult;
 
 pub(crate) async fn health(State(st): State<AppState>) -> ApiResult<Json<Value>> {
-    let pragmas = st.ledger.pragmas().await?;
+    st.ledger.ping().await?;
+    let pragmas = st.ledger.pragmas();
     Ok(Json(json!({
         "status": "ok",
         "version": machina_core::APP_VERSION,
