@@ -20,11 +20,13 @@ trap cleanup EXIT
 rm -rf "$DEMO" && mkdir -p "$DEMO/config.d" "$DEMO/state"
 umask 077
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DEMO/token"
+# The token goes to curl through a file, never on a command line other users can read.
+printf 'Authorization: Bearer %s\n' "$(cat "$DEMO/token")" > "$DEMO/auth-header"
 echo "[api]" > "$DEMO/config.d/90-demo.toml"
 echo "token_file = \"$DEMO/token\"" >> "$DEMO/config.d/90-demo.toml"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 API="http://127.0.0.1:$PORT"
-AUTH=(-H "Authorization: Bearer $(cat "$DEMO/token")")
+AUTH=(-H "@$DEMO/auth-header")
 CONF=(--config-dir "$ROOT/dev/config.d" --config-dir "$DEMO/config.d" --state-dir "$DEMO/state")
 
 say "starting machina-api on $API and two workers (logs in .demo/*.log)"

@@ -88,9 +88,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         token: Arc::new(token),
         shutdown: shutdown.clone(),
     };
-    tokio::spawn(machina_daemon::cancel_on_signal(shutdown.clone(), "draining in-flight requests"));
+    let signals = tokio::spawn(machina_daemon::cancel_on_signal(shutdown.clone(), "draining in-flight requests"));
     tracing::info!(%addr, "machina-api listening");
-    serve(listener, state, shutdown).await
+    let served = serve(listener, state, shutdown).await;
+    signals.abort();
+    served
 }
 
 /// Serve until `shutdown` is cancelled, then drain in-flight requests.

@@ -47,6 +47,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(protected)
         .merge(routes::open())
+        .fallback(|| async { ApiError::new(ErrorKind::NotFound, "no such route (see README.md for the API)") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(ErrorKind::MethodNotAllowed, "this route does not accept that method")
+        })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(request_id))
         .with_state(state)

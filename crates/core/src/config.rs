@@ -106,7 +106,8 @@ pub struct ToolSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShellSettings {
-    /// Executables allowed, by path; compared after resolving symlinks on both sides.
+    /// Executables allowed, by path as written; argv0 must name one of them exactly and
+    /// still resolve to the same file. The defaults read no files (no cat, date -f, sha256sum…).
     pub allow: Vec<PathBuf>,
     /// Environment variables passed through to tasks (everything else is cleared).
     pub env_allow: Vec<String>,
@@ -122,9 +123,6 @@ impl Default for ShellSettings {
                 "/usr/bin/true",
                 "/usr/bin/false",
                 "/usr/bin/sleep",
-                "/usr/bin/sha256sum",
-                "/usr/bin/wc",
-                "/usr/bin/date",
             ]
             .into_iter()
             .map(PathBuf::from)

@@ -25,6 +25,8 @@ pub enum ErrorKind {
     RetryDrift,
     /// The request conflicts with existing data (e.g. a reused request id with another body).
     Conflict,
+    /// The route exists but not with this HTTP method.
+    MethodNotAllowed,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
     /// The ledger is locked by another process or the disk is full: try again later.
@@ -47,6 +49,7 @@ impl ErrorKind {
             Self::IllegalState => "illegal_state",
             Self::RetryDrift => "retry_drift",
             Self::Conflict => "conflict",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unavailable => "unavailable",
             Self::Integrity => "integrity",
@@ -61,6 +64,7 @@ impl ErrorKind {
             Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::IllegalState | Self::RetryDrift | Self::Conflict => 409,
+            Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
             Self::InvalidRequest => 422,
             Self::Unavailable => 503,

@@ -36,11 +36,8 @@ impl Drop for Checkpointer {
 }
 
 fn run(conn: Connection, stop: Receiver<()>) {
-    loop {
-        match stop.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => break,
-        }
+    // Wakes every interval; a message or a dropped sender means stop.
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) {
         // (busy, wal frames, checkpointed frames); a busy result just means next time.
         let r: rusqlite::Result<(i64, i64, i64)> =
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));

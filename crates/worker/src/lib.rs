@@ -15,7 +15,7 @@ use machina_core::{ErrCode, RecipeBook};
 use machina_ledger::{ClaimedTask, CompileJob, CompiledPlan, Heartbeat, Ledger, LedgerError, TaskReport, Work};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -149,36 +149,50 @@ impl Worker {
     }
 
     async fn execute_in_span(&self, task: ClaimedTask) -> Result<Option<Work>, LedgerError> {
-        let dir = self.settings.state_dir.join("tasks").join(&task.task_key);
-        let outcome = match prepare_dir(&dir) {
-            Err(e) => shell::ShellOutcome {
-                err_code: Some(ErrCode::BootFail),
-                exit_status: None,
-                stdout: Vec::new(),
-                stderr: format!("cannot prepare task directory {}: {e}", dir.display()).into_bytes(),
-                wall_ms: 0,
-            },
+        // One directory per attempt: a stale attempt still being killed never shares it with the live one.
+        let dir = self.settings.state_dir.join("tasks").join(&task.task_key).join(task.attempt.to_string());
+        let prepared = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || prepare_dir(&dir)).await.map_err(io_join)?
+        };
+        let (outcome, lease_deadline) = match prepared {
+            Err(e) => (
+                shell::ShellOutcome {
+                    err_code: Some(ErrCode::BootFail),
+                    exit_status: None,
+                    stdout: Vec::new(),
+                    stderr: format!("cannot prepare task directory {}: {e}", dir.display()).into_bytes(),
+                    wall_ms: 0,
+                },
+                Instant::now() + self.lease(),
+            ),
             Ok(()) => match self.run_with_heartbeat(&task, &dir).await {
-                Some(o) => o,
-                None => return Ok(None), // lease lost: the new holder commits, not us
+                Some(done) => done,
+                None => {
+                    remove_attempt_dir(dir).await;
+                    return Ok(None); // lease lost: the new holder commits, not us
+                }
             },
         };
-        let _ = std::fs::remove_dir_all(&dir);
-        let stdout = self.ledger.put_artifact(outcome.stdout, "text/plain").await?;
-        let stderr = self.ledger.put_artifact(outcome.stderr, "text/plain").await?;
-        let report = TaskReport {
-            task_id: task.task_id,
-            owner: self.id.clone(),
-            attempt: task.attempt,
-            err_code: outcome.err_code,
-            exit_status: outcome.exit_status,
-            stdout_sha256: Some(stdout),
-            stderr_sha256: Some(stderr),
-            wall_ms: outcome.wall_ms,
+        remove_attempt_dir(dir).await;
+        let code = outcome.err_code.map(|c| c.as_str()).unwrap_or("");
+        let commit = || async {
+            let stdout = self.ledger.put_artifact(outcome.stdout.clone(), "text/plain").await?;
+            let stderr = self.ledger.put_artifact(outcome.stderr.clone(), "text/plain").await?;
+            let report = TaskReport {
+                task_id: task.task_id,
+                owner: self.id.clone(),
+                attempt: task.attempt,
+                err_code: outcome.err_code,
+                exit_status: outcome.exit_status,
+                stdout_sha256: Some(stdout),
+                stderr_sha256: Some(stderr),
+                wall_ms: outcome.wall_ms,
+            };
+            self.ledger.complete_and_claim(report, self.lease_ms()).await
         };
-        match self.ledger.complete_and_claim(report, self.lease_ms()).await {
+        match retry_while_unavailable(lease_deadline, commit).await {
             Ok((done, next)) => {
-                let code = outcome.err_code.map(|c| c.as_str()).unwrap_or("");
                 tracing::info!(err_code = code, task_status = %done.task_status, run_status = %done.run_status, "task committed");
                 Ok(next)
             }
@@ -190,8 +204,17 @@ impl Worker {
         }
     }
 
-    /// Run the task's tool, renewing the lease; None if the lease was lost.
-    async fn run_with_heartbeat(&self, task: &ClaimedTask, dir: &std::path::Path) -> Option<shell::ShellOutcome> {
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms() as u64)
+    }
+
+    /// Run the task's tool, renewing the lease. Returns the outcome and the local deadline of
+    /// the lease, or None if the lease was lost (refused, or not renewed before it ran out).
+    async fn run_with_heartbeat(
+        &self,
+        task: &ClaimedTask,
+        dir: &std::path::Path,
+    ) -> Option<(shell::ShellOutcome, Instant)> {
         let cancel = CancellationToken::new();
         let limits = RunLimits {
             timeout: Duration::from_secs(task.spec.timeout_secs),
@@ -211,30 +234,79 @@ impl Worker {
             }
         };
         tokio::pin!(run);
-        let mut beat = tokio::time::interval(Duration::from_millis((self.lease_ms() / 3).max(1) as u64));
+        // The lease as this process can vouch for it: counted from before each renewal was sent.
+        let mut lease_deadline = Instant::now() + self.lease();
+        let mut beat = tokio::time::interval(self.lease() / 3);
         beat.tick().await;
         let mut lost = false;
         loop {
             tokio::select! {
-                out = &mut run => return (!lost).then_some(out),
-                _ = beat.tick() => match self.ledger.heartbeat(task, &self.id, self.lease_ms()).await {
-                    Ok(Heartbeat::Renewed) => {}
-                    Ok(Heartbeat::Canceled) => cancel.cancel(),
-                    Err(LedgerError::StaleLease(m)) => {
-                        tracing::warn!("lease lost, killing the task: {m}");
-                        lost = true;
-                        cancel.cancel();
+                out = &mut run => return (!lost).then_some((out, lease_deadline)),
+                _ = tokio::time::sleep_until(lease_deadline.into()), if !lost => {
+                    tracing::warn!("lease ran out without a renewal (ledger unavailable?), killing the task");
+                    lost = true;
+                    cancel.cancel();
+                }
+                _ = beat.tick(), if !lost => {
+                    let sent = Instant::now();
+                    match self.ledger.heartbeat(task, &self.id, self.lease_ms()).await {
+                        Ok(Heartbeat::Renewed) => lease_deadline = sent + self.lease(),
+                        Ok(Heartbeat::Canceled) => cancel.cancel(),
+                        Err(LedgerError::StaleLease(m)) => {
+                            tracing::warn!("lease lost, killing the task: {m}");
+                            lost = true;
+                            cancel.cancel();
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
-                },
+                }
             }
         }
     }
 }
 
-fn prepare_dir(dir: &PathBuf) -> std::io::Result<()> {
+/// Run `op` again while the ledger is unavailable (locked by another process, disk full),
+/// with capped backoff, until `deadline`; any other outcome is returned at once.
+async fn retry_while_unavailable<T, F, Fut>(deadline: Instant, op: F) -> Result<T, LedgerError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LedgerError>>,
+{
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Err(e) if e.kind() == machina_core::ErrorKind::Unavailable && Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, "ledger unavailable; retrying the commit");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn io_join(e: tokio::task::JoinError) -> LedgerError {
+    LedgerError::Io(format!("task directory worker failed: {e}"))
+}
+
+fn prepare_dir(dir: &std::path::Path) -> std::io::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)
+}
+
+/// Remove an attempt's directory (and its task's, once empty) off the async threads.
+async fn remove_attempt_dir(dir: PathBuf) {
+    let removed = tokio::task::spawn_blocking(move || {
+        std::fs::remove_dir_all(&dir)?;
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent); // fails while another attempt's directory exists
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if let Ok(Err(e)) = removed {
+        tracing::warn!(error = %e, "could not remove a task directory");
+    }
 }

@@ -11,7 +11,7 @@ use machina_core::ErrCode;
 use machina_core::config::ShellSettings;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,13 +19,17 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
+/// How long output is still read after the task's process group is gone.
+const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
 /// PATH given to tasks.
 const TASK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The allowlist, resolved to canonical paths once.
 #[derive(Debug, Clone)]
 pub struct ShellPolicy {
-    allowed: BTreeSet<PathBuf>,
+    /// Entry as configured → the file it resolved to at startup.
+    allowed: BTreeMap<PathBuf, PathBuf>,
     env_allow: Vec<String>,
 }
 
@@ -53,11 +57,11 @@ impl ShellOutcome {
 impl ShellPolicy {
     /// Resolve the allowlist; entries that do not exist are dropped with a warning.
     pub fn new(s: &ShellSettings) -> Self {
-        let mut allowed = BTreeSet::new();
+        let mut allowed = BTreeMap::new();
         for p in &s.allow {
             match std::fs::canonicalize(p) {
                 Ok(c) => {
-                    allowed.insert(c);
+                    allowed.insert(p.clone(), c);
                 }
                 Err(e) => tracing::warn!(path = %p.display(), "shell allowlist entry ignored: {e}"),
             }
@@ -66,17 +70,26 @@ impl ShellPolicy {
     }
 
     /// The canonical executable for `argv0`, if the policy allows it.
+    ///
+    /// argv0 must be an allowlist entry as written, and must still resolve to the file
+    /// that entry resolved to at startup. Matching the name (not only the target) keeps
+    /// a symlink to a multi-call binary from allowing every other name of that binary.
     pub fn resolve(&self, argv0: &str) -> Result<PathBuf, String> {
         let p = Path::new(argv0);
         if !p.is_absolute() {
             return Err(format!("executable {argv0:?} must be an absolute path"));
         }
-        let canonical =
-            std::fs::canonicalize(p).map_err(|e| format!("executable {argv0:?} is not on the allowlist ({e})"))?;
-        if self.allowed.contains(&canonical) {
-            Ok(canonical)
-        } else {
-            Err(format!("executable {argv0:?} (resolves to {}) is not on the allowlist", canonical.display()))
+        let Some(expected) = self.allowed.get(p) else {
+            return Err(format!("executable {argv0:?} is not on the allowlist (tools.shell.allow)"));
+        };
+        match std::fs::canonicalize(p) {
+            Ok(now) if &now == expected => Ok(now),
+            Ok(now) => Err(format!(
+                "executable {argv0:?} now resolves to {}, not {} as when the worker started",
+                now.display(),
+                expected.display()
+            )),
+            Err(e) => Err(format!("executable {argv0:?} cannot be resolved: {e}")),
         }
     }
 }
@@ -107,7 +120,8 @@ pub async fn run(
         Err(m) => return ShellOutcome::refused(ErrCode::PolicyDenied, m),
     };
     let mut cmd = tokio::process::Command::new(&exe);
-    cmd.args(&argv[1..])
+    cmd.arg0(argv0)
+        .args(&argv[1..])
         .env_clear()
         .env("PATH", TASK_PATH)
         .env("HOME", dir)
@@ -131,16 +145,18 @@ pub async fn run(
         Err(e) => return ShellOutcome::refused(ErrCode::BootFail, format!("cannot start {}: {e}", exe.display())),
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-    let out = tokio::spawn(read_capped(child.stdout.take(), limits.output_cap));
-    let err = tokio::spawn(read_capped(child.stderr.take(), limits.output_cap));
+    let deadline = tokio::time::Instant::from_std(started + limits.timeout);
+    let stop_reading = CancellationToken::new();
+    let out = tokio::spawn(read_capped(child.stdout.take(), limits.output_cap, stop_reading.clone()));
+    let err = tokio::spawn(read_capped(child.stderr.take(), limits.output_cap, stop_reading.clone()));
     let mut err_code = None;
     let status = tokio::select! {
         s = child.wait() => s.ok(),
-        _ = tokio::time::sleep(limits.timeout) => { err_code = Some(ErrCode::Timeout); None }
+        _ = tokio::time::sleep_until(deadline) => { err_code = Some(ErrCode::Timeout); None }
         _ = cancel.cancelled() => { err_code = Some(ErrCode::Canceled); None }
     };
     // Kill the whole group: on timeout/cancel, and after a normal exit to reap
-    // anything the task left behind holding its pipes open.
+    // anything the task left behind in its group.
     if let Some(pg) = pgid {
         let _ = killpg(pg, Signal::SIGKILL);
     }
@@ -148,8 +164,22 @@ pub async fn run(
         Some(s) => Some(s),
         None => child.wait().await.ok(),
     };
+    // A process that left the group (setsid) may still hold the pipes: read until the
+    // deadline at most, plus a short grace after the group is gone, then stop.
+    let grace_end = deadline.max(tokio::time::Instant::now()).min(tokio::time::Instant::now() + OUTPUT_GRACE);
+    let stopper = stop_reading.clone();
+    let guard = tokio::spawn(async move {
+        tokio::time::sleep_until(grace_end).await;
+        stopper.cancel();
+    });
     let stdout = out.await.unwrap_or_default();
-    let stderr = err.await.unwrap_or_default();
+    let mut stderr = err.await.unwrap_or_default();
+    guard.abort();
+    if stop_reading.is_cancelled() {
+        stderr.extend_from_slice(
+            b"\n[machina: stopped reading output: a process that left the task's process group still held it open]\n",
+        );
+    }
     let exit_status = status.map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
     if err_code.is_none() && exit_status != Some(0) {
         err_code = Some(ErrCode::CmdNonzero);
@@ -157,14 +187,18 @@ pub async fn run(
     ShellOutcome { err_code, exit_status, stdout, stderr, wall_ms: started.elapsed().as_millis() as i64 }
 }
 
-/// Read everything, keeping the first `cap` bytes and a marker saying how much was dropped.
-async fn read_capped(r: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
+/// Read until EOF or `stop`, keeping the first `cap` bytes and a marker saying how much was dropped.
+async fn read_capped(r: Option<impl AsyncRead + Unpin>, cap: usize, stop: CancellationToken) -> Vec<u8> {
     let Some(mut r) = r else { return Vec::new() };
     let mut kept = Vec::new();
     let mut dropped: u64 = 0;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        match r.read(&mut buf).await {
+        let n = tokio::select! {
+            n = r.read(&mut buf) => n,
+            _ = stop.cancelled() => break,
+        };
+        match n {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let room = cap.saturating_sub(kept.len());
@@ -233,7 +267,52 @@ mod tests {
         let o = run(&p, &argv(&[link.to_str().unwrap()]), dir.path(), &[], &limits(5000, 64), CancellationToken::new())
             .await;
         assert_eq!(o.err_code, Some(ErrCode::PolicyDenied));
-        assert!(String::from_utf8_lossy(&o.stderr).contains("/usr/bin/id"));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("not on the allowlist"));
+    }
+
+    #[tokio::test]
+    async fn a_symlink_on_the_allowlist_allows_only_its_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("true-link");
+        std::os::unix::fs::symlink("/usr/bin/true", &allowed).unwrap();
+        let p = policy(&[allowed.to_str().unwrap()]);
+        let ok =
+            run(&p, &argv(&[allowed.to_str().unwrap()]), dir.path(), &[], &limits(5000, 64), CancellationToken::new())
+                .await;
+        assert_eq!(ok.err_code, None);
+        // The target itself is not on the list, only the name.
+        let o = run(&p, &argv(&["/usr/bin/true"]), dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
+        assert_eq!(o.err_code, Some(ErrCode::PolicyDenied));
+        // Re-pointing the allowed name after startup is refused.
+        std::fs::remove_file(&allowed).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/id", &allowed).unwrap();
+        let o =
+            run(&p, &argv(&[allowed.to_str().unwrap()]), dir.path(), &[], &limits(5000, 64), CancellationToken::new())
+                .await;
+        assert_eq!(o.err_code, Some(ErrCode::PolicyDenied));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("now resolves to"));
+    }
+
+    #[tokio::test]
+    async fn a_process_escaping_the_group_cannot_hold_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(&["/usr/bin/setsid"]);
+        // setsid forks a child in a new session (outside the task's group) that keeps stdout open.
+        let o = run(
+            &p,
+            &argv(&["/usr/bin/setsid", "/usr/bin/sleep", "3"]),
+            dir.path(),
+            &[],
+            &limits(1000, 64),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(o.wall_ms < 10_000, "the worker was held for {} ms", o.wall_ms);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("stopped reading output"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! GET /runs/{id}/events: the run's event log as JSON, or live as Server-Sent Events.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiQuery;
 
 /// How often a live stream looks for new events (workers are other processes).
 const STREAM_POLL_MS: u64 = 200;
@@ -28,7 +29,7 @@ pub(crate) struct EventsQuery {
 pub(crate) async fn list_or_stream(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let wants_sse =

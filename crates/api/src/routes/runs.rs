@@ -1,7 +1,7 @@
 //! GET /runs, GET /runs/{id}, POST /runs/{id}/approve-plan|retry|cancel.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use machina_core::RunStatus;
 use machina_ledger::{RunDetail, RunFilter, RunRecord};
 use serde::Deserialize;
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::JsonBody;
+use crate::extract::{ApiQuery, JsonBody};
 
 /// Default page size of GET /runs.
 const DEFAULT_PAGE: u32 = 50;
@@ -23,7 +23,7 @@ pub(crate) struct ListQuery {
     limit: Option<u32>,
 }
 
-pub(crate) async fn list(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+pub(crate) async fn list(State(st): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Value>> {
     let status = q.status.as_deref().map(str::parse::<RunStatus>).transpose().map_err(ApiError::invalid)?;
     let max = st.settings.api.max_page_size;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
