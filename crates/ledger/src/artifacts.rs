@@ -26,9 +26,10 @@ impl ArtifactStore {
             // All 256 fan-out directories exist (and are durable) before any artifact is
             // written, so a put only has to fsync the one directory it renames into.
             for i in 0..=255u8 {
-                let d = root.join(format!("{i:02x}"));
-                if !d.exists() {
-                    fs::create_dir(&d)?;
+                // Several processes open the store at once: losing the race is fine.
+                match fs::create_dir(root.join(format!("{i:02x}"))) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => {}
                 }
             }
             File::open(root)?.sync_all()

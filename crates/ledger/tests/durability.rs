@@ -160,3 +160,19 @@ async fn artifacts_round_trip_and_detect_corruption() {
     let orphan = l.artifacts().put(b"orphan").unwrap();
     assert!(matches!(l.get_artifact(&orphan).await, Err(LedgerError::NotFound { .. })));
 }
+
+/// Several processes (here threads) opening a fresh state directory at once all succeed.
+#[test]
+fn concurrent_first_opens_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = machina_core::ManualClock::new(T0);
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (d, c) = (dir.path().to_path_buf(), clock.clone());
+            std::thread::spawn(move || machina_ledger::Ledger::open(options(&d, &c)).map(drop))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().expect("a concurrent first open failed");
+    }
+}
