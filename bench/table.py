@@ -4,6 +4,7 @@ import sys
 
 rows = [json.loads(line) for line in sys.stdin if line.strip().startswith("{")]
 queues = [r for r in rows if "enqueue_jobs_per_s" in r]
+unfinished = [r for r in rows if r.get("dnf")]
 http = [r for r in rows if r.get("system") == "machina-http"]
 peers = [r for r in queues if r["system"] != "machina"]
 best_enq = max((p["enqueue_jobs_per_s"] for p in peers), default=None)
@@ -19,6 +20,8 @@ for r in queues:
     print(f"| {r['system']} | {r['enqueue_jobs_per_s']:,.0f} | {ratio(r['enqueue_jobs_per_s'], best_enq)} "
           f"| {r['process_jobs_per_s']:,.0f} | {ratio(r['process_jobs_per_s'], best_proc)} "
           f"| {r['latency_p50_us'] / 1000:.2f} ms | {r['latency_p99_us'] / 1000:.2f} ms |")
+for r in unfinished:
+    print(f"| {r['system']} | did not finish within {r['timeout_s']} s | | | | | |")
 for r in http:
     print(f"\nHTTP POST /enqueue (intent + run per request), wrk -c64 on loopback: "
           f"{r['requests_per_s']:,.0f} req/s, p50 {r['latency_p50_us'] / 1000:.2f} ms, "

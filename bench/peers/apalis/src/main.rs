@@ -25,7 +25,6 @@
 //! Prints exactly one JSON line on stdout; everything else goes to stderr.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -70,14 +69,18 @@ static TOUCHED: LazyLock<Mutex<HashMap<usize, RowBuf>>> = LazyLock::new(Default:
 static COMMITS: Mutex<Vec<(i64, Instant)>> = Mutex::new(Vec::new());
 
 async fn open_pool(db: &str) -> Result<SqlitePool, sqlx::Error> {
-    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{db}"))?
+    let opts = SqliteConnectOptions::new()
+        .filename(db)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         // the rest of what SqliteStorage::setup() would set (minus synchronous=OFF)
         .pragma("temp_store", "MEMORY")
         .pragma("cache_size", "64000")
-        .pragma("journal_size_limit", "67108864");
+        .pragma("journal_size_limit", "67108864")
+        // sqlx's default 5 s is not enough under this load: a worker gets SQLITE_BUSY in fetch_next,
+        // dies, and its tasks sit until orphan recovery (60 s), so we wait longer for the lock.
+        .busy_timeout(Duration::from_secs(60));
     SqlitePoolOptions::new()
         .after_connect(|conn, _| {
             Box::pin(async move {
@@ -204,8 +207,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if n > 0 {
         ctx.all_handled.notified().await;
     }
+    eprintln!("apalis: all {n} handlers ran after {:.3}s", t1.elapsed().as_secs_f64());
     // Every handler has run; wait until apalis has committed all N acks (status Done).
-    let mut poll_conn = SqliteConnection::connect(&format!("sqlite://{}", args.db)).await?;
+    let poll_opts = SqliteConnectOptions::new().filename(&args.db);
+    let mut poll_conn = SqliteConnection::connect_with(&poll_opts).await?;
     let done_sql = "SELECT COUNT(*) FROM Jobs WHERE status = 'Done'";
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -248,8 +253,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "WAL + synchronous=FULL via sqlx SqliteConnectOptions on every pool connection, read back \
          on all {total} pool connections before phase 1 and after phase 2 (all wal/FULL). \
          SqliteStorage::setup() not called (it sets PRAGMA synchronous=OFF); its migrations and \
-         other pragmas applied instead. Pool = sqlx defaults ({total} connections, busy_timeout \
-         5s). Enqueue = TaskSink::push, one INSERT transaction per job. Consumers = {} workers \
+         other pragmas applied instead. Pool = sqlx default {total} connections; busy_timeout \
+         raised from sqlx's 5 s to 60 s because with 5 s a worker got SQLITE_BUSY in fetch_next, \
+         died, and its tasks waited 60 s for orphan recovery. Enqueue = TaskSink::push, one INSERT transaction per job. Consumers = {} workers \
          with concurrency(1), fetch batch 10. Latency approximation: handler entry to the release \
          of the pooled connection whose COMMIT set the job Done (SQLite update hook + sqlx \
          after_release, i.e. ack commit plus one task hop); acks are sent by apalis through a \
