@@ -190,12 +190,12 @@ impl Ledger {
 
     /// Create an intent, a run, or both, replaying the first response for a known request id.
     pub async fn submit(&self, key: Option<DedupKey>, s: Submission) -> Result<Submitted> {
-        self.writer.write(move |c, now| dedup::submit(c, key.as_ref(), s, now)).await
+        self.writer.write(move |c, now| dedup::submit(c, key.as_ref(), s.clone(), now)).await
     }
 
     /// Blocking variant of [`submit`](Self::submit) for threads outside the runtime.
     pub fn submit_blocking(&self, key: Option<DedupKey>, s: Submission) -> Result<Submitted> {
-        self.writer.write_blocking(move |c, now| dedup::submit(c, key.as_ref(), s, now))
+        self.writer.write_blocking(move |c, now| dedup::submit(c, key.as_ref(), s.clone(), now))
     }
 
     /// An intent by id.
@@ -279,7 +279,7 @@ impl Ledger {
     ) -> Result<RunRecord> {
         let (id, owner, attempt) = (job.run.id.clone(), owner.to_string(), job.compile_attempt);
         let policy = self.retry.clone();
-        self.writer.write(move |c, now| runs::finish_compile(c, &id, &owner, attempt, outcome, &policy, now)).await
+        self.writer.write(move |c, now| runs::finish_compile(c, &id, &owner, attempt, outcome.clone(), &policy, now)).await
     }
 
     /// Add tasks to an executing run; their keys follow the same rule as a plan's.

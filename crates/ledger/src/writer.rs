@@ -34,36 +34,42 @@ impl<T> Reply<T> {
     }
 }
 
-/// A result waiting for the commit outcome.
-type Deliver = Box<dyn FnOnce(Option<&LedgerError>) + Send>;
-
-/// A unit of work for the writer thread.
+/// A unit of work for the writer thread. Jobs are re-runnable: a batch runs first
+/// without savepoints and, only if one of its jobs fails, again with one savepoint each.
 trait Job: Send {
-    /// Run against the open transaction; returns whether it failed, and its pending delivery.
-    fn run(self: Box<Self>, conn: &Connection, now: i64) -> (bool, Deliver);
+    /// Run against the open transaction, keeping the result; returns whether it failed.
+    fn run(&mut self, conn: &Connection, now: i64) -> bool;
+    /// Send the kept result, or `commit_err` if the transaction did not commit.
+    fn deliver(self: Box<Self>, commit_err: Option<&LedgerError>);
     /// The job could not run at all.
     fn fail(self: Box<Self>, err: LedgerError);
 }
 
 struct WriteJob<F, T> {
     f: F,
+    result: Option<Result<T>>,
     reply: Reply<T>,
 }
 
 impl<F, T> Job for WriteJob<F, T>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+    F: Fn(&Connection, i64) -> Result<T> + Send + 'static,
 {
-    fn run(self: Box<Self>, conn: &Connection, now: i64) -> (bool, Deliver) {
-        let WriteJob { f, reply } = *self;
-        let res = f(conn, now);
+    fn run(&mut self, conn: &Connection, now: i64) -> bool {
+        let res = (self.f)(conn, now);
         let failed = res.is_err();
-        let deliver: Deliver = Box::new(move |commit_err| match commit_err {
-            Some(e) => reply.send(Err(e.clone())),
-            None => reply.send(res),
-        });
-        (failed, deliver)
+        self.result = Some(res);
+        failed
+    }
+
+    fn deliver(self: Box<Self>, commit_err: Option<&LedgerError>) {
+        let out = match (commit_err, self.result) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(r)) => r,
+            (None, None) => Err(LedgerError::Db("internal: a job was delivered without running".into())),
+        };
+        self.reply.send(out);
     }
 
     fn fail(self: Box<Self>, err: LedgerError) {
@@ -106,10 +112,10 @@ impl WriterHandle {
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+        F: Fn(&Connection, i64) -> Result<T> + Send + 'static,
     {
         let (otx, orx) = oneshot::channel();
-        let job = Box::new(WriteJob { f, reply: Reply::Async(otx) });
+        let job = Box::new(WriteJob { f, result: None, reply: Reply::Async(otx) });
         self.tx.send(job).await.map_err(|_| LedgerError::Closed)?;
         orx.await.map_err(|_| LedgerError::Closed)?
     }
@@ -118,10 +124,10 @@ impl WriterHandle {
     pub(crate) fn write_blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+        F: Fn(&Connection, i64) -> Result<T> + Send + 'static,
     {
         let (otx, orx) = std::sync::mpsc::sync_channel(1);
-        let job = Box::new(WriteJob { f, reply: Reply::Blocking(otx) });
+        let job = Box::new(WriteJob { f, result: None, reply: Reply::Blocking(otx) });
         self.tx.blocking_send(job).map_err(|_| LedgerError::Closed)?;
         orx.recv().map_err(|_| LedgerError::Closed)?
     }
@@ -156,37 +162,41 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) {
         }
         return;
     }
-    // A lone job needs no savepoint: if it fails, the whole transaction is rolled back.
-    let lone = batch.len() == 1;
-    let mut lone_failed = false;
-    let mut delivers = Vec::with_capacity(batch.len());
-    for job in batch.drain(..) {
-        if !lone && let Err(e) = exec_cached(conn, "SAVEPOINT job") {
-            job.fail(LedgerError::from(e));
-            continue;
-        }
-        let (failed, deliver) = job.run(conn, now);
-        if lone {
-            lone_failed = failed;
-        } else {
-            let end = if failed {
-                exec_cached(conn, "ROLLBACK TO job").and_then(|_| exec_cached(conn, "RELEASE job"))
-            } else {
-                exec_cached(conn, "RELEASE job")
-            };
-            if let Err(e) = end {
-                tracing::error!(error = %e, "ledger writer: ending a savepoint failed");
-            }
-        }
-        delivers.push(deliver);
+    // Fast path: no savepoints (their page copies cost more than the jobs themselves).
+    let mut any_failed = false;
+    for job in batch.iter_mut() {
+        any_failed |= job.run(conn, now);
     }
-    let end = if lone_failed { "ROLLBACK" } else { "COMMIT" };
-    let commit_err = exec_cached(conn, end).err().map(LedgerError::from);
+    let mut outcome = Ok(());
+    if any_failed && batch.len() > 1 {
+        // Some job failed after perhaps writing: undo everything and run the batch again,
+        // each job in its own savepoint, so only the failing ones are rolled back.
+        outcome = exec_cached(conn, "ROLLBACK")
+            .and_then(|_| exec_cached(conn, "BEGIN IMMEDIATE"))
+            .and_then(|_| rerun_with_savepoints(conn, batch, now));
+    }
+    let commit_err = match outcome {
+        Err(e) => Some(LedgerError::from(e)),
+        // A lone failed job: nothing of the transaction is wanted.
+        Ok(()) if any_failed && batch.len() == 1 => exec_cached(conn, "ROLLBACK").err().map(LedgerError::from),
+        Ok(()) => exec_cached(conn, "COMMIT").err().map(LedgerError::from),
+    };
     if let Some(e) = &commit_err {
-        tracing::error!(error = %e, "ledger writer: COMMIT failed; the batch was rolled back");
+        tracing::error!(error = %e, "ledger writer: the batch did not commit; rolled back");
         let _ = conn.execute_batch("ROLLBACK");
     }
-    for d in delivers {
-        d(commit_err.as_ref());
+    for job in batch.drain(..) {
+        job.deliver(commit_err.as_ref());
     }
+}
+
+fn rerun_with_savepoints(conn: &Connection, batch: &mut [Box<dyn Job>], now: i64) -> rusqlite::Result<()> {
+    for job in batch.iter_mut() {
+        exec_cached(conn, "SAVEPOINT job")?;
+        if job.run(conn, now) {
+            exec_cached(conn, "ROLLBACK TO job")?;
+        }
+        exec_cached(conn, "RELEASE job")?;
+    }
+    Ok(())
 }
