@@ -82,6 +82,7 @@ fn a_killed_workers_task_is_reclaimed_and_committed_once() {
     let won = m.sql_i64(&format!("SELECT COUNT(*) FROM attempts WHERE task_key = '{key}' AND attempt = 2 AND owner = 'b' AND outcome = 'succeeded'"));
     assert_eq!(won, 1);
     assert_eq!(m.sql_i64(&format!("SELECT seen FROM receipts WHERE effect_key = '{key}'")), 1);
+    assert_eq!(m.sql_i64("SELECT leased_tasks + queued_tasks + pending_tasks FROM runs"), 0, "counters settled");
 }
 
 #[test]

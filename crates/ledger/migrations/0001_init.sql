@@ -49,7 +49,13 @@ CREATE TABLE runs (
     lease_expires_at     INTEGER,
     compile_attempt      INTEGER NOT NULL DEFAULT 0,
     compile_budget_base  INTEGER NOT NULL DEFAULT 0,
+    -- Counters kept in step with the tasks table by every write (checked by counter_drift()):
+    -- tasks queued, leased, and not yet succeeded; tasks and events ever created.
+    queued_tasks         INTEGER NOT NULL DEFAULT 0 CHECK (queued_tasks >= 0),
     leased_tasks         INTEGER NOT NULL DEFAULT 0 CHECK (leased_tasks >= 0),
+    pending_tasks        INTEGER NOT NULL DEFAULT 0 CHECK (pending_tasks >= 0),
+    task_count           INTEGER NOT NULL DEFAULT 0,
+    event_seq            INTEGER NOT NULL DEFAULT 0,
     last_claim_seq       INTEGER NOT NULL DEFAULT 0,
     created_at           INTEGER NOT NULL,
     updated_at           INTEGER NOT NULL
@@ -96,10 +102,9 @@ CREATE TABLE tasks (
     UNIQUE (run_id, idx),
     CHECK ((status = 'leased') = (lease_owner IS NOT NULL))
 ) STRICT;
-CREATE INDEX tasks_by_run ON tasks(run_id, status, idx);
-CREATE INDEX tasks_by_partition ON tasks(partition_key, status);
-CREATE INDEX tasks_by_lease ON tasks(status, lease_expires_at);
-CREATE INDEX tasks_by_owner ON tasks(lease_owner) WHERE lease_owner IS NOT NULL;
+-- Partial indexes: a status change touches only the index of the states it leaves and enters.
+CREATE INDEX tasks_queued ON tasks(run_id, idx) WHERE status = 'queued';
+CREATE INDEX tasks_leased ON tasks(lease_expires_at) WHERE status = 'leased';
 
 -- Append-only: one row per try of a task.
 CREATE TABLE attempts (

@@ -279,7 +279,9 @@ impl Ledger {
     ) -> Result<RunRecord> {
         let (id, owner, attempt) = (job.run.id.clone(), owner.to_string(), job.compile_attempt);
         let policy = self.retry.clone();
-        self.writer.write(move |c, now| runs::finish_compile(c, &id, &owner, attempt, outcome.clone(), &policy, now)).await
+        self.writer
+            .write(move |c, now| runs::finish_compile(c, &id, &owner, attempt, outcome.clone(), &policy, now))
+            .await
     }
 
     /// Add tasks to an executing run; their keys follow the same rule as a plan's.
@@ -376,6 +378,11 @@ impl Ledger {
         tokio::task::spawn_blocking(move || store.get(&sha))
             .await
             .map_err(|e| LedgerError::Io(format!("artifact reader failed: {e}")))?
+    }
+
+    /// How many runs have task counters that disagree with their tasks (must be 0).
+    pub async fn counter_drift(&self) -> Result<i64> {
+        self.read(|c, _| queries::counter_drift(c)).await
     }
 
     /// Run arbitrary read-only SQL returning one integer (tests and oracles).

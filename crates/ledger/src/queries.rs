@@ -115,6 +115,19 @@ pub(crate) fn has_work(c: &Connection, now: i64) -> Result<bool> {
     .query_row([now], |r| r.get(0))?)
 }
 
+/// Runs whose task counters disagree with their tasks (must be 0; checked by tests and verify).
+pub(crate) fn counter_drift(c: &Connection) -> Result<i64> {
+    Ok(c.prepare_cached(
+        "SELECT COUNT(*) FROM runs r WHERE
+               r.queued_tasks  != (SELECT COUNT(*) FROM tasks t WHERE t.run_id = r.id AND t.status = 'queued')
+            OR r.leased_tasks  != (SELECT COUNT(*) FROM tasks t WHERE t.run_id = r.id AND t.status = 'leased')
+            OR r.pending_tasks != (SELECT COUNT(*) FROM tasks t WHERE t.run_id = r.id AND t.status != 'succeeded')
+            OR r.task_count    != (SELECT COUNT(*) FROM tasks t WHERE t.run_id = r.id)
+            OR r.event_seq     != (SELECT COUNT(*) FROM events e WHERE e.run_id = r.id)",
+    )?
+    .query_row([], |r| r.get(0))?)
+}
+
 /// A run's status alone (cheap, for watchers).
 pub(crate) fn run_status(c: &Connection, id: &str) -> Result<RunStatus> {
     c.prepare_cached("SELECT status FROM runs WHERE id = ?1")?

@@ -49,13 +49,11 @@ pub(crate) fn new_id() -> String {
 }
 
 pub(crate) fn event(c: &Connection, run_id: &str, kind: &str, data: Value, now: i64) -> Result<i64> {
-    let seq = c
-        .prepare_cached(
-            "INSERT INTO events(run_id, seq, kind, data, at)
-             VALUES (?1, COALESCE((SELECT MAX(seq) FROM events WHERE run_id = CAST(?1 AS TEXT)), 0) + 1, ?2, ?3, ?4)
-             RETURNING seq",
-        )?
-        .query_row(params![run_id, kind, data.to_string(), now], |r| r.get(0))?;
+    let seq: i64 = c
+        .prepare_cached("UPDATE runs SET event_seq = event_seq + 1 WHERE id = ?1 RETURNING event_seq")?
+        .query_row([run_id], |r| r.get(0))?;
+    c.prepare_cached("INSERT INTO events(run_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![run_id, seq, kind, data.to_string(), now])?;
     Ok(seq)
 }
 
@@ -315,7 +313,7 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     .execute(params![run.id, approver, now])?;
     let detail = Some(format!("approved by {approver}"));
     record_step(c, run, StepRow { step: Step::Decide, outcome: StepOutcome::Succeeded, err_code: None, detail }, now)?;
-    insert_tasks(c, run, &plan.tasks, 0, now)?;
+    insert_tasks(c, run, &plan.tasks, now)?;
     transition(c, run, RunStatus::Executing, now)?;
     record_step(
         c,
@@ -327,7 +325,15 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     Ok(())
 }
 
-fn insert_tasks(c: &Connection, run: &RunRecord, specs: &[TaskSpec], first_idx: i64, now: i64) -> Result<()> {
+/// Insert `specs` as queued tasks after the run's existing ones, keeping its counters.
+fn insert_tasks(c: &Connection, run: &RunRecord, specs: &[TaskSpec], now: i64) -> Result<()> {
+    let n = specs.len() as i64;
+    let first_idx: i64 = c
+        .prepare_cached(
+            "UPDATE runs SET task_count = task_count + ?2, queued_tasks = queued_tasks + ?2,
+             pending_tasks = pending_tasks + ?2 WHERE id = ?1 RETURNING task_count - ?2",
+        )?
+        .query_row(params![run.id, n], |r| r.get(0))?;
     let mut insert = c.prepare_cached(
         "INSERT INTO tasks(task_key, run_id, idx, partition_key, spec, status, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
@@ -362,10 +368,7 @@ pub(crate) fn append_tasks(c: &Connection, run_id: &str, specs: &[TaskSpec], now
             run.status
         )));
     }
-    let next: i64 = c
-        .prepare_cached("SELECT COALESCE(MAX(idx), -1) + 1 FROM tasks WHERE run_id = CAST(?1 AS TEXT)")?
-        .query_row([run_id], |r| r.get(0))?;
-    insert_tasks(c, &run, specs, next, now)?;
+    insert_tasks(c, &run, specs, now)?;
     event(c, run_id, "tasks_queued", json!({"count": specs.len()}), now)?;
     Ok(specs.len())
 }
@@ -399,6 +402,8 @@ pub(crate) fn retry(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord>
                  WHERE run_id = ?1 AND status IN ('failed', 'canceled')",
             )?
             .execute(params![run_id, now])?;
+        c.prepare_cached("UPDATE runs SET queued_tasks = queued_tasks + ?2 WHERE id = ?1")?
+            .execute(params![run_id, n as i64])?;
         transition(c, &mut run, RunStatus::Executing, now)?;
         let detail = Some(format!("retry {}: {n} tasks requeued", run.generation));
         record_step(
@@ -421,11 +426,22 @@ pub(crate) fn cancel(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord
         return Err(LedgerError::IllegalState(format!("run {run_id} is already {}; nothing to cancel", run.status)));
     }
     transition(c, &mut run, RunStatus::Canceled, now)?;
-    c.prepare_cached("UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'")?
-        .execute(params![run_id, now])?;
+    cancel_queued_tasks(c, run_id, now)?;
     c.prepare_cached("UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, next_action = NULL WHERE id = ?1")?
         .execute([run_id])?;
     load_run(c, run_id)
+}
+
+/// Cancel a run's queued tasks (keeping its counters); returns how many.
+pub(crate) fn cancel_queued_tasks(c: &Connection, run_id: &str, now: i64) -> Result<usize> {
+    let n = c
+        .prepare_cached(
+            "UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'",
+        )?
+        .execute(params![run_id, now])?;
+    c.prepare_cached("UPDATE runs SET queued_tasks = queued_tasks - ?2 WHERE id = ?1")?
+        .execute(params![run_id, n as i64])?;
+    Ok(n)
 }
 
 /// CompileST of runs whose worker vanished failed with LEASE_LOST (retried per policy,

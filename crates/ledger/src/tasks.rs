@@ -7,7 +7,8 @@ use serde_json::json;
 
 use crate::error::{LedgerError, Result};
 use crate::model::{ClaimedTask, Completion, Heartbeat, TaskReport};
-use crate::runs::{StepRow, event, load_run, record_step, set_outcome, transition};
+use crate::queries::run_status;
+use crate::runs::{StepRow, cancel_queued_tasks, event, load_run, record_step, set_outcome, transition};
 
 pub(crate) fn register_artifact(c: &Connection, sha: &str, size: i64, media_type: &str, now: i64) -> Result<()> {
     c.prepare_cached(
@@ -22,33 +23,28 @@ pub(crate) fn register_artifact(c: &Connection, sha: &str, size: i64, media_type
 /// then within it the run claimed least recently, then the task earliest in the plan.
 /// A run never holds more leases than its concurrency.
 pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Result<Option<ClaimedTask>> {
-    let partitions: Vec<String> = c
+    // Candidate runs come from the runs' counters (few rows), not from scanning tasks.
+    let runs: Vec<(String, String)> = c
         .prepare_cached(
-            "SELECT p.key FROM partitions p WHERE p.paused = 0
-             AND EXISTS (SELECT 1 FROM tasks t WHERE t.partition_key = p.key AND t.status = 'queued')
-             ORDER BY p.last_claim_seq, p.key",
+            "SELECT r.id, r.partition_key FROM runs r JOIN partitions p ON p.key = r.partition_key
+             WHERE r.status = 'executing' AND p.paused = 0 AND r.queued_tasks > 0
+               AND r.leased_tasks < r.concurrency
+             ORDER BY p.last_claim_seq, p.key, r.last_claim_seq, r.id",
         )?
-        .query_map([], |r| r.get(0))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for pk in partitions {
-        let runs: Vec<String> = c
+    for (run_id, pk) in runs {
+        let task: Option<(i64, String, String)> = c
             .prepare_cached(
-                "SELECT id FROM runs WHERE partition_key = CAST(?1 AS TEXT) AND status = 'executing'
-                 AND leased_tasks < concurrency ORDER BY last_claim_seq, id",
+                "SELECT id, task_key, spec FROM tasks
+                 WHERE run_id = CAST(?1 AS TEXT) AND status = 'queued' AND not_before <= ?2 ORDER BY idx LIMIT 1",
             )?
-            .query_map([&pk], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for run_id in runs {
-            let task: Option<(i64, String, String)> = c
-                .prepare_cached(
-                    "SELECT id, task_key, spec FROM tasks
-                     WHERE run_id = CAST(?1 AS TEXT) AND status = 'queued' AND not_before <= ?2 ORDER BY idx LIMIT 1",
-                )?
-                .query_row(params![run_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            let Some((task_id, task_key, spec)) = task else { continue };
-            return lease(c, owner, lease_ms, now, (&pk, &run_id), (task_id, task_key, spec)).map(Some);
+            .query_row(params![run_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some(found) = task {
+            return lease(c, owner, lease_ms, now, (&pk, &run_id), found).map(Some);
         }
+        // Everything queued in this run is waiting out a backoff: try the next run.
     }
     Ok(None)
 }
@@ -70,8 +66,11 @@ fn lease(
              lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1 RETURNING attempt",
         )?
         .query_row(params![task_id, owner, expires, now], |r| r.get(0))?;
-    c.prepare_cached("UPDATE runs SET leased_tasks = leased_tasks + 1, last_claim_seq = ?2 WHERE id = ?1")?
-        .execute(params![run_id, seq])?;
+    c.prepare_cached(
+        "UPDATE runs SET leased_tasks = leased_tasks + 1, queued_tasks = queued_tasks - 1, last_claim_seq = ?2
+         WHERE id = ?1",
+    )?
+    .execute(params![run_id, seq])?;
     c.prepare_cached("UPDATE partitions SET last_claim_seq = ?2 WHERE key = ?1")?.execute(params![pk, seq])?;
     event(c, run_id, "task_claimed", json!({"taskKey": task_key, "attempt": attempt, "owner": owner}), now)?;
     Ok(ClaimedTask {
@@ -117,8 +116,7 @@ pub(crate) fn heartbeat(
     now: i64,
 ) -> Result<Heartbeat> {
     let held = fence(c, task_id, owner, attempt)?;
-    let run = load_run(c, &held.run_id)?;
-    if run.status != RunStatus::Executing {
+    if run_status(c, &held.run_id)? != RunStatus::Executing {
         // Canceled, or failed closed because another task failed: stop this one too.
         return Ok(Heartbeat::Canceled);
     }
@@ -144,7 +142,6 @@ pub(crate) fn complete(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![held.task_key, rep.attempt, rep.owner, outcome, code, rep.exit_status, rep.wall_ms, now])?;
-    c.prepare_cached("UPDATE runs SET leased_tasks = leased_tasks - 1 WHERE id = ?1")?.execute([&held.run_id])?;
     for sha in [&rep.stdout_sha256, &rep.stderr_sha256].into_iter().flatten() {
         // The worker registered the file; make sure the row exists before referencing it.
         let known: bool = c
@@ -154,7 +151,7 @@ pub(crate) fn complete(
             return Err(LedgerError::Integrity(format!("artifact {sha} is not registered")));
         }
     }
-    let mut run = load_run(c, &held.run_id)?;
+    let status = run_status(c, &held.run_id)?;
     let task_status = match rep.err_code {
         None => {
             c.prepare_cached(
@@ -164,7 +161,7 @@ pub(crate) fn complete(
             .execute(params![held.task_key, now])?;
             TaskStatus::Succeeded
         }
-        Some(code) if run.status != RunStatus::Executing => {
+        Some(code) if status != RunStatus::Executing => {
             let _ = code;
             TaskStatus::Failed
         }
@@ -178,6 +175,14 @@ pub(crate) fn complete(
             RetryDecision::Exhausted => TaskStatus::Failed,
         },
     };
+    let succeeded = i64::from(task_status == TaskStatus::Succeeded);
+    let requeued = i64::from(task_status == TaskStatus::Queued);
+    let pending: i64 = c
+        .prepare_cached(
+            "UPDATE runs SET leased_tasks = leased_tasks - 1, pending_tasks = pending_tasks - ?2,
+             queued_tasks = queued_tasks + ?3 WHERE id = ?1 RETURNING pending_tasks",
+        )?
+        .query_row(params![held.run_id, succeeded, requeued], |r| r.get(0))?;
     c.prepare_cached(
         "UPDATE tasks SET status = ?2, lease_owner = NULL, lease_expires_at = NULL, err_code = ?3,
          exit_status = ?4, stdout_sha256 = ?5, stderr_sha256 = ?6, updated_at = ?7 WHERE id = ?1",
@@ -198,9 +203,17 @@ pub(crate) fn complete(
         json!({"taskKey": held.task_key, "attempt": rep.attempt, "status": task_status, "errCode": code, "exitStatus": rep.exit_status}),
         now,
     )?;
-    if run.status == RunStatus::Executing {
-        settle_run(c, &mut run, rep, task_status, policy, held.budget_base, now)?;
+    let settles = status == RunStatus::Executing
+        && match task_status {
+            TaskStatus::Failed => true,
+            TaskStatus::Succeeded => pending == 0,
+            _ => false,
+        };
+    if !settles {
+        return Ok(Completion { task_status, run_status: status });
     }
+    let mut run = load_run(c, &held.run_id)?;
+    settle_run(c, &mut run, rep, task_status, policy, held.budget_base, now)?;
     Ok(Completion { task_status, run_status: run.status })
 }
 
@@ -223,10 +236,7 @@ fn settle_run(
             } else {
                 format!("task attempt {} failed with {code}, which is not retried", rep.attempt)
             };
-            c.prepare_cached(
-                "UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'",
-            )?
-            .execute(params![run.id, now])?;
+            cancel_queued_tasks(c, &run.id, now)?;
             let row = StepRow {
                 step: Step::Execute,
                 outcome: StepOutcome::Failed,
@@ -238,20 +248,11 @@ fn settle_run(
             set_outcome(c, &run.id, Some((code.as_str(), &message)), Some(if exhausted { "REPAIR" } else { "RETRY" }))?;
         }
         (TaskStatus::Succeeded, _) => {
-            // Index seeks on (run_id, status), not a scan of the run's tasks.
-            let open: bool = c
-                .prepare_cached(
-                    "SELECT EXISTS(SELECT 1 FROM tasks WHERE run_id = ?1
-                     AND status IN ('queued', 'leased', 'failed', 'canceled'))",
-                )?
-                .query_row([&run.id], |r| r.get(0))?;
-            if !open {
-                let row =
-                    StepRow { step: Step::Execute, outcome: StepOutcome::Succeeded, err_code: None, detail: None };
-                record_step(c, run, row, now)?;
-                transition(c, run, RunStatus::Succeeded, now)?;
-                set_outcome(c, &run.id, None, None)?;
-            }
+            // Called only once pending_tasks reached zero: every task has succeeded.
+            let row = StepRow { step: Step::Execute, outcome: StepOutcome::Succeeded, err_code: None, detail: None };
+            record_step(c, run, row, now)?;
+            transition(c, run, RunStatus::Succeeded, now)?;
+            set_outcome(c, &run.id, None, None)?;
         }
         _ => {}
     }
@@ -263,13 +264,17 @@ fn settle_run(
 pub(crate) fn release(c: &Connection, task_id: i64, owner: &str, attempt: u32, now: i64) -> Result<()> {
     let held = fence(c, task_id, owner, attempt)?;
     // A run that stopped meanwhile (canceled, failed) must not get the task back as runnable.
-    let next = if load_run(c, &held.run_id)?.status == RunStatus::Executing { "queued" } else { "canceled" };
+    let executing = run_status(c, &held.run_id)? == RunStatus::Executing;
+    let next = if executing { "queued" } else { "canceled" };
     c.prepare_cached(
         "UPDATE tasks SET status = ?3, lease_owner = NULL, lease_expires_at = NULL,
          budget_base = budget_base + 1, updated_at = ?2 WHERE id = ?1",
     )?
     .execute(params![task_id, now, next])?;
-    c.prepare_cached("UPDATE runs SET leased_tasks = leased_tasks - 1 WHERE id = ?1")?.execute([&held.run_id])?;
+    c.prepare_cached(
+        "UPDATE runs SET leased_tasks = leased_tasks - 1, queued_tasks = queued_tasks + ?2 WHERE id = ?1",
+    )?
+    .execute(params![held.run_id, i64::from(executing)])?;
     event(
         c,
         &held.run_id,
@@ -290,8 +295,9 @@ pub(crate) fn reclaim(
 ) -> Result<usize> {
     let stale: Vec<(i64, String, u32, i64)> = c
         .prepare_cached(
+            // Both branches read only the partial index of leased tasks.
             "SELECT id, lease_owner, attempt, updated_at FROM tasks WHERE status = 'leased'
-             AND ((?1 IS NULL AND lease_expires_at < ?2) OR lease_owner = ?1)",
+             AND CASE WHEN ?1 IS NULL THEN lease_expires_at < ?2 ELSE lease_owner = ?1 END",
         )?
         .query_map(params![owner, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;

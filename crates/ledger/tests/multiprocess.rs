@@ -119,6 +119,7 @@ async fn four_processes_never_claim_a_task_twice() {
     assert_eq!(count(l, "SELECT COUNT(*) FROM attempts").await, n);
     assert_eq!(count(l, "SELECT COUNT(*) FROM receipts").await, n);
     assert_eq!(count(l, "SELECT COUNT(*) FROM receipts WHERE seen > 1").await, 0);
+    assert_eq!(l.counter_drift().await.unwrap(), 0, "run counters match the tasks after concurrent processes");
     assert_eq!(count(l, "SELECT COUNT(*) FROM runs WHERE status = 'succeeded'").await, RUNS as i64);
     assert_eq!(count(l, "SELECT COALESCE(SUM(leased_tasks), 0) FROM runs").await, 0);
     for run in &runs {
