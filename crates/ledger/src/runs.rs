@@ -48,13 +48,16 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-pub(crate) fn event(c: &Connection, run_id: &str, kind: &str, data: Value, now: i64) -> Result<i64> {
-    let seq: i64 = c
-        .prepare_cached("UPDATE runs SET event_seq = event_seq + 1 WHERE id = ?1 RETURNING event_seq")?
-        .query_row([run_id], |r| r.get(0))?;
-    c.prepare_cached("INSERT INTO events(run_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![run_id, seq, kind, data.to_string(), now])?;
-    Ok(seq)
+/// Append an event to the run's log under its next sequence number.
+pub(crate) fn event(c: &Connection, run_id: &str, kind: &str, data: Value, now: i64) -> Result<()> {
+    // Plain statements rather than RETURNING, which builds an ephemeral table per call.
+    c.prepare_cached("UPDATE runs SET event_seq = event_seq + 1 WHERE id = ?1")?.execute([run_id])?;
+    c.prepare_cached(
+        "INSERT INTO events(run_id, seq, kind, data, at)
+         VALUES (?1, (SELECT event_seq FROM runs WHERE id = ?1), ?2, ?3, ?4)",
+    )?
+    .execute(params![run_id, kind, data.to_string(), now])?;
+    Ok(())
 }
 
 pub(crate) struct StepRow<'a> {
@@ -328,12 +331,13 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
 /// Insert `specs` as queued tasks after the run's existing ones, keeping its counters.
 fn insert_tasks(c: &Connection, run: &RunRecord, specs: &[TaskSpec], now: i64) -> Result<()> {
     let n = specs.len() as i64;
-    let first_idx: i64 = c
-        .prepare_cached(
-            "UPDATE runs SET task_count = task_count + ?2, queued_tasks = queued_tasks + ?2,
-             pending_tasks = pending_tasks + ?2 WHERE id = ?1 RETURNING task_count - ?2",
-        )?
-        .query_row(params![run.id, n], |r| r.get(0))?;
+    let first_idx: i64 =
+        c.prepare_cached("SELECT task_count FROM runs WHERE id = ?1")?.query_row([&run.id], |r| r.get(0))?;
+    c.prepare_cached(
+        "UPDATE runs SET task_count = task_count + ?2, queued_tasks = queued_tasks + ?2,
+         pending_tasks = pending_tasks + ?2 WHERE id = ?1",
+    )?
+    .execute(params![run.id, n])?;
     let mut insert = c.prepare_cached(
         "INSERT INTO tasks(task_key, run_id, idx, partition_key, spec, status, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",

@@ -60,12 +60,13 @@ fn lease(
     let seq: i64 =
         c.prepare_cached("SELECT COALESCE(MAX(last_claim_seq), 0) + 1 FROM partitions")?.query_row([], |r| r.get(0))?;
     let expires = now + lease_ms;
-    let attempt: u32 = c
-        .prepare_cached(
-            "UPDATE tasks SET status = 'leased', attempt = attempt + 1, lease_owner = ?2,
-             lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1 RETURNING attempt",
-        )?
-        .query_row(params![task_id, owner, expires, now], |r| r.get(0))?;
+    c.prepare_cached(
+        "UPDATE tasks SET status = 'leased', attempt = attempt + 1, lease_owner = ?2,
+         lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1",
+    )?
+    .execute(params![task_id, owner, expires, now])?;
+    let attempt: u32 =
+        c.prepare_cached("SELECT attempt FROM tasks WHERE id = ?1")?.query_row([task_id], |r| r.get(0))?;
     c.prepare_cached(
         "UPDATE runs SET leased_tasks = leased_tasks + 1, queued_tasks = queued_tasks - 1, last_claim_seq = ?2
          WHERE id = ?1",
@@ -177,12 +178,13 @@ pub(crate) fn complete(
     };
     let succeeded = i64::from(task_status == TaskStatus::Succeeded);
     let requeued = i64::from(task_status == TaskStatus::Queued);
-    let pending: i64 = c
-        .prepare_cached(
-            "UPDATE runs SET leased_tasks = leased_tasks - 1, pending_tasks = pending_tasks - ?2,
-             queued_tasks = queued_tasks + ?3 WHERE id = ?1 RETURNING pending_tasks",
-        )?
-        .query_row(params![held.run_id, succeeded, requeued], |r| r.get(0))?;
+    c.prepare_cached(
+        "UPDATE runs SET leased_tasks = leased_tasks - 1, pending_tasks = pending_tasks - ?2,
+         queued_tasks = queued_tasks + ?3 WHERE id = ?1",
+    )?
+    .execute(params![held.run_id, succeeded, requeued])?;
+    let pending: i64 =
+        c.prepare_cached("SELECT pending_tasks FROM runs WHERE id = ?1")?.query_row([&held.run_id], |r| r.get(0))?;
     c.prepare_cached(
         "UPDATE tasks SET status = ?2, lease_owner = NULL, lease_expires_at = NULL, err_code = ?3,
          exit_status = ?4, stdout_sha256 = ?5, stderr_sha256 = ?6, updated_at = ?7 WHERE id = ?1",
