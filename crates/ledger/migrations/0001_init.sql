@@ -106,10 +106,12 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_queued ON tasks(run_id, idx) WHERE status = 'queued';
 CREATE INDEX tasks_leased ON tasks(lease_expires_at) WHERE status = 'leased';
 
--- Append-only: one row per try of a task.
+-- Append-only: one row per try of a task. Keyed by the task's row id (claimed in order,
+-- so inserts append) rather than the random task_key, which is kept for reading.
 CREATE TABLE attempts (
     id          INTEGER PRIMARY KEY,
-    task_key    TEXT NOT NULL REFERENCES tasks(task_key),
+    task_id     INTEGER NOT NULL REFERENCES tasks(id),
+    task_key    TEXT NOT NULL,
     attempt     INTEGER NOT NULL,
     owner       TEXT NOT NULL,
     outcome     TEXT NOT NULL CHECK (outcome IN ('succeeded', 'failed')),
@@ -117,7 +119,7 @@ CREATE TABLE attempts (
     exit_status INTEGER,
     wall_ms     INTEGER NOT NULL,
     ended_at    INTEGER NOT NULL,
-    UNIQUE (task_key, attempt)
+    UNIQUE (task_id, attempt)
 ) STRICT;
 CREATE TRIGGER attempts_append_only_u BEFORE UPDATE ON attempts
     BEGIN SELECT RAISE(ABORT, 'attempts is append-only'); END;
@@ -125,8 +127,10 @@ CREATE TRIGGER attempts_append_only_d BEFORE DELETE ON attempts
     BEGIN SELECT RAISE(ABORT, 'attempts is append-only'); END;
 
 -- The exactly-once oracle: every committed effect counts itself; seen > 1 is a bug.
+-- Keyed by task row id (one task = one effect key) so commits append.
 CREATE TABLE receipts (
-    effect_key TEXT PRIMARY KEY,
+    task_id    INTEGER PRIMARY KEY REFERENCES tasks(id),
+    effect_key TEXT NOT NULL,
     seen       INTEGER NOT NULL,
     first_at   INTEGER NOT NULL,
     last_at    INTEGER NOT NULL
@@ -139,7 +143,7 @@ CREATE TABLE events (
     data   TEXT NOT NULL CHECK (json_valid(data)),
     at     INTEGER NOT NULL,
     PRIMARY KEY (run_id, seq)
-) STRICT;
+) STRICT, WITHOUT ROWID;
 
 CREATE TABLE dedup (
     request_id  TEXT PRIMARY KEY,

@@ -76,7 +76,7 @@ pub(crate) fn attempts(c: &Connection, task_key: &str) -> Result<Vec<AttemptReco
     let rows: Vec<AttemptRecord> = c
         .prepare_cached(
             "SELECT task_key, attempt, owner, outcome, err_code, exit_status, wall_ms FROM attempts
-             WHERE task_key = ?1 ORDER BY attempt",
+             WHERE task_id = (SELECT id FROM tasks WHERE task_key = ?1) ORDER BY attempt",
         )?
         .query_map([task_key], |r| {
             Ok(AttemptRecord {
@@ -158,6 +158,7 @@ pub(crate) fn stats(c: &Connection, now: i64) -> Result<Stats> {
         dedup_entries: c
             .prepare_cached("SELECT COUNT(*) FROM dedup WHERE expires_at > ?1")?
             .query_row([now], |r| r.get(0))?,
-        duplicate_receipts: one("SELECT COUNT(*) FROM receipts WHERE seen > 1")?,
+        duplicate_receipts: one("SELECT (SELECT COUNT(*) FROM receipts WHERE seen > 1)
+                  + (SELECT COUNT(*) FROM (SELECT 1 FROM receipts GROUP BY effect_key HAVING COUNT(*) > 1))")?,
     })
 }

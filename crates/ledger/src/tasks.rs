@@ -139,10 +139,20 @@ pub(crate) fn complete(
     let outcome = if rep.err_code.is_none() { "succeeded" } else { "failed" };
     let code = rep.err_code.map(|e| e.as_str());
     c.prepare_cached(
-        "INSERT INTO attempts(task_key, attempt, owner, outcome, err_code, exit_status, wall_ms, ended_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO attempts(task_id, task_key, attempt, owner, outcome, err_code, exit_status, wall_ms, ended_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
-    .execute(params![held.task_key, rep.attempt, rep.owner, outcome, code, rep.exit_status, rep.wall_ms, now])?;
+    .execute(params![
+        rep.task_id,
+        held.task_key,
+        rep.attempt,
+        rep.owner,
+        outcome,
+        code,
+        rep.exit_status,
+        rep.wall_ms,
+        now
+    ])?;
     for sha in [&rep.stdout_sha256, &rep.stderr_sha256].into_iter().flatten() {
         // The worker registered the file; make sure the row exists before referencing it.
         let known: bool = c
@@ -156,10 +166,10 @@ pub(crate) fn complete(
     let task_status = match rep.err_code {
         None => {
             c.prepare_cached(
-                "INSERT INTO receipts(effect_key, seen, first_at, last_at) VALUES (?1, 1, ?2, ?2)
-                 ON CONFLICT(effect_key) DO UPDATE SET seen = seen + 1, last_at = excluded.last_at",
+                "INSERT INTO receipts(task_id, effect_key, seen, first_at, last_at) VALUES (?1, ?2, 1, ?3, ?3)
+                 ON CONFLICT(task_id) DO UPDATE SET seen = seen + 1, last_at = excluded.last_at",
             )?
-            .execute(params![held.task_key, now])?;
+            .execute(params![rep.task_id, held.task_key, now])?;
             TaskStatus::Succeeded
         }
         Some(code) if status != RunStatus::Executing => {

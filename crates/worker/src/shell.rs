@@ -297,17 +297,19 @@ mod tests {
     async fn a_process_escaping_the_group_cannot_hold_the_worker() {
         let dir = tempfile::tempdir().unwrap();
         let p = policy(&["/usr/bin/setsid"]);
-        // setsid forks a child in a new session (outside the task's group) that keeps stdout open.
+        // setsid --wait stays in the task's group, waiting for a child it moved into a new
+        // session (out of reach of the group kill) that keeps stdout open.
         let o = run(
             &p,
-            &argv(&["/usr/bin/setsid", "/usr/bin/sleep", "3"]),
+            &argv(&["/usr/bin/setsid", "--wait", "/usr/bin/sleep", "3"]),
             dir.path(),
             &[],
             &limits(1000, 64),
             CancellationToken::new(),
         )
         .await;
-        assert!(o.wall_ms < 10_000, "the worker was held for {} ms", o.wall_ms);
+        assert_eq!(o.err_code, Some(ErrCode::Timeout));
+        assert!(o.wall_ms < 2_900, "the worker was held for {} ms", o.wall_ms);
         assert!(
             String::from_utf8_lossy(&o.stderr).contains("stopped reading output"),
             "{}",
