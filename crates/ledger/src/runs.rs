@@ -316,7 +316,7 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     .execute(params![run.id, approver, now])?;
     let detail = Some(format!("approved by {approver}"));
     record_step(c, run, StepRow { step: Step::Decide, outcome: StepOutcome::Succeeded, err_code: None, detail }, now)?;
-    insert_tasks(c, run, &plan.tasks, now)?;
+    insert_tasks(c, &run_keys(c, &run.id)?, &plan.tasks, now)?;
     transition(c, run, RunStatus::Executing, now)?;
     record_step(
         c,
@@ -329,10 +329,9 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
 }
 
 /// Insert `specs` as queued tasks after the run's existing ones, keeping its counters.
-fn insert_tasks(c: &Connection, run: &RunRecord, specs: &[TaskSpec], now: i64) -> Result<()> {
+fn insert_tasks(c: &Connection, run: &RunKeys, specs: &[TaskSpec], now: i64) -> Result<()> {
     let n = specs.len() as i64;
-    let first_idx: i64 =
-        c.prepare_cached("SELECT task_count FROM runs WHERE id = ?1")?.query_row([&run.id], |r| r.get(0))?;
+    let first_idx = run.task_count;
     c.prepare_cached(
         "UPDATE runs SET task_count = task_count + ?2, queued_tasks = queued_tasks + ?2,
          pending_tasks = pending_tasks + ?2 WHERE id = ?1",
@@ -345,14 +344,7 @@ fn insert_tasks(c: &Connection, run: &RunRecord, specs: &[TaskSpec], now: i64) -
     for (i, spec) in specs.iter().enumerate() {
         let key = task_key(&run.intent_id, &run.id, Step::Execute, spec);
         insert
-            .execute(params![
-                key,
-                run.id,
-                first_idx + i as i64,
-                run.queue_partition_key,
-                serde_json::to_string(spec)?,
-                now
-            ])
+            .execute(params![key, run.id, first_idx + i as i64, run.partition_key, serde_json::to_string(spec)?, now])
             .map_err(|e| match LedgerError::from(e) {
                 LedgerError::Db(m) if m.contains("UNIQUE") => {
                     LedgerError::Conflict(format!("task key {key} is already committed"))
@@ -364,8 +356,32 @@ fn insert_tasks(c: &Connection, run: &RunRecord, specs: &[TaskSpec], now: i64) -
 }
 
 /// Add tasks to an executing run (dynamic fan-out; also what the benchmarks enqueue).
+/// What adding tasks needs to know of a run (read without decoding the whole record).
+pub(crate) struct RunKeys {
+    id: String,
+    intent_id: String,
+    partition_key: String,
+    status: RunStatus,
+    task_count: i64,
+}
+
+fn run_keys(c: &Connection, run_id: &str) -> Result<RunKeys> {
+    c.prepare_cached("SELECT intent_id, partition_key, status, task_count FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| {
+            Ok(RunKeys {
+                id: run_id.to_string(),
+                intent_id: r.get(0)?,
+                partition_key: r.get(1)?,
+                status: crate::model::parse_col(r, 2)?,
+                task_count: r.get(3)?,
+            })
+        })
+        .optional()?
+        .ok_or_else(|| LedgerError::not_found("run", run_id))
+}
+
 pub(crate) fn append_tasks(c: &Connection, run_id: &str, specs: &[TaskSpec], now: i64) -> Result<usize> {
-    let run = load_run(c, run_id)?;
+    let run = run_keys(c, run_id)?;
     if run.status != RunStatus::Executing {
         return Err(LedgerError::IllegalState(format!(
             "run {run_id} is {}: tasks can only be added to an executing run",
