@@ -15,6 +15,8 @@ use machina_core::Clock;
 
 /// Most jobs committed together.
 pub const MAX_BATCH: usize = 512;
+/// Longest wait for the clients of the previous batch before committing a smaller one.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 /// Jobs waiting for the writer before senders wait too.
 pub const QUEUE_DEPTH: usize = 4096;
 
@@ -135,19 +137,34 @@ impl WriterHandle {
 
 fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Clock>, counters: &Counters) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    let mut last_len = 0;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        drain(&mut rx, &mut batch);
+        // Clients that were in the last batch are likely about to send again (a worker's
+        // next claim follows its commit): wait a moment for them, so one fsync covers all.
+        if batch.len() < last_len {
+            let until = std::time::Instant::now() + LINGER;
+            while batch.len() < last_len && std::time::Instant::now() < until {
+                std::thread::yield_now();
+                drain(&mut rx, &mut batch);
             }
         }
+        last_len = batch.len();
         counters.transactions.fetch_add(1, Ordering::Relaxed);
         counters.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
         commit_batch(&conn, &mut batch, clock.now_ms());
     }
     tracing::debug!("ledger writer: all handles dropped, exiting");
+}
+
+fn drain(rx: &mut mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
 }
 
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
