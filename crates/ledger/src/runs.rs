@@ -52,6 +52,12 @@ pub(crate) fn new_id() -> String {
 pub(crate) fn event(c: &Connection, run_id: &str, kind: &str, data: Value, now: i64) -> Result<()> {
     // Plain statements rather than RETURNING, which builds an ephemeral table per call.
     c.prepare_cached("UPDATE runs SET event_seq = event_seq + 1 WHERE id = ?1")?.execute([run_id])?;
+    event_seq_taken(c, run_id, kind, data, now)
+}
+
+/// Append an event whose sequence number the caller already took (`event_seq + 1` in its
+/// own UPDATE of the run, saving a statement on the hot path).
+pub(crate) fn event_seq_taken(c: &Connection, run_id: &str, kind: &str, data: Value, now: i64) -> Result<()> {
     c.prepare_cached(
         "INSERT INTO events(run_id, seq, kind, data, at)
          VALUES (?1, (SELECT event_seq FROM runs WHERE id = ?1), ?2, ?3, ?4)",

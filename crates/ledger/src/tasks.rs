@@ -7,8 +7,9 @@ use serde_json::json;
 
 use crate::error::{LedgerError, Result};
 use crate::model::{ClaimedTask, Completion, Heartbeat, TaskReport};
-use crate::queries::run_status;
-use crate::runs::{StepRow, cancel_queued_tasks, event, load_run, record_step, set_outcome, transition};
+use crate::runs::{
+    StepRow, cancel_queued_tasks, event, event_seq_taken, load_run, record_step, set_outcome, transition,
+};
 
 pub(crate) fn register_artifact(c: &Connection, sha: &str, size: i64, media_type: &str, now: i64) -> Result<()> {
     c.prepare_cached(
@@ -34,12 +35,12 @@ pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Res
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (run_id, pk) in runs {
-        let task: Option<(i64, String, String)> = c
+        let task: Option<(i64, String, String, u32)> = c
             .prepare_cached(
-                "SELECT id, task_key, spec FROM tasks
+                "SELECT id, task_key, spec, attempt FROM tasks
                  WHERE run_id = CAST(?1 AS TEXT) AND status = 'queued' AND not_before <= ?2 ORDER BY idx LIMIT 1",
             )?
-            .query_row(params![run_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(params![run_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
         if let Some(found) = task {
             return lease(c, owner, lease_ms, now, (&pk, &run_id), found).map(Some);
@@ -55,25 +56,25 @@ fn lease(
     lease_ms: i64,
     now: i64,
     (pk, run_id): (&str, &str),
-    (task_id, task_key, spec): (i64, String, String),
+    (task_id, task_key, spec, previous_attempt): (i64, String, String, u32),
 ) -> Result<ClaimedTask> {
     let seq: i64 =
         c.prepare_cached("SELECT COALESCE(MAX(last_claim_seq), 0) + 1 FROM partitions")?.query_row([], |r| r.get(0))?;
     let expires = now + lease_ms;
+    let attempt = previous_attempt + 1;
     c.prepare_cached(
-        "UPDATE tasks SET status = 'leased', attempt = attempt + 1, lease_owner = ?2,
+        "UPDATE tasks SET status = 'leased', attempt = ?5, lease_owner = ?2,
          lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1",
     )?
-    .execute(params![task_id, owner, expires, now])?;
-    let attempt: u32 =
-        c.prepare_cached("SELECT attempt FROM tasks WHERE id = ?1")?.query_row([task_id], |r| r.get(0))?;
+    .execute(params![task_id, owner, expires, now, attempt])?;
+    // The counters and the sequence number of the task_claimed event below, in one update.
     c.prepare_cached(
-        "UPDATE runs SET leased_tasks = leased_tasks + 1, queued_tasks = queued_tasks - 1, last_claim_seq = ?2
-         WHERE id = ?1",
+        "UPDATE runs SET leased_tasks = leased_tasks + 1, queued_tasks = queued_tasks - 1, last_claim_seq = ?2,
+         event_seq = event_seq + 1 WHERE id = ?1",
     )?
     .execute(params![run_id, seq])?;
     c.prepare_cached("UPDATE partitions SET last_claim_seq = ?2 WHERE key = ?1")?.execute(params![pk, seq])?;
-    event(c, run_id, "task_claimed", json!({"taskKey": task_key, "attempt": attempt, "owner": owner}), now)?;
+    event_seq_taken(c, run_id, "task_claimed", json!({"taskKey": task_key, "attempt": attempt, "owner": owner}), now)?;
     Ok(ClaimedTask {
         task_id,
         task_key,
@@ -88,15 +89,21 @@ struct Held {
     task_key: String,
     run_id: String,
     budget_base: u32,
+    run_status: RunStatus,
 }
 
 /// Check the caller still holds the lease (owner and attempt fence it).
 fn fence(c: &Connection, task_id: i64, owner: &str, attempt: u32) -> Result<Held> {
-    let row: Option<(String, String, Option<String>, u32, String, u32)> = c
-        .prepare_cached("SELECT task_key, status, lease_owner, attempt, run_id, budget_base FROM tasks WHERE id = ?1")?
-        .query_row([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+    type Row = (String, String, Option<String>, u32, String, u32, String);
+    let row: Option<Row> = c
+        .prepare_cached(
+            "SELECT t.task_key, t.status, t.lease_owner, t.attempt, t.run_id, t.budget_base,
+                    (SELECT r.status FROM runs r WHERE r.id = t.run_id)
+             FROM tasks t WHERE t.id = ?1",
+        )?
+        .query_row([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
         .optional()?;
-    let Some((task_key, status, lease_owner, current, run_id, budget_base)) = row else {
+    let Some((task_key, status, lease_owner, current, run_id, budget_base, run_status)) = row else {
         return Err(LedgerError::not_found("task", task_id.to_string()));
     };
     if status != "leased" || lease_owner.as_deref() != Some(owner) || current != attempt {
@@ -105,7 +112,8 @@ fn fence(c: &Connection, task_id: i64, owner: &str, attempt: u32) -> Result<Held
             lease_owner.as_deref().unwrap_or("none")
         )));
     }
-    Ok(Held { task_key, run_id, budget_base })
+    let run_status = run_status.parse::<RunStatus>().map_err(LedgerError::Db)?;
+    Ok(Held { task_key, run_id, budget_base, run_status })
 }
 
 pub(crate) fn heartbeat(
@@ -117,7 +125,7 @@ pub(crate) fn heartbeat(
     now: i64,
 ) -> Result<Heartbeat> {
     let held = fence(c, task_id, owner, attempt)?;
-    if run_status(c, &held.run_id)? != RunStatus::Executing {
+    if held.run_status != RunStatus::Executing {
         // Canceled, or failed closed because another task failed: stop this one too.
         return Ok(Heartbeat::Canceled);
     }
@@ -162,7 +170,7 @@ pub(crate) fn complete(
             return Err(LedgerError::Integrity(format!("artifact {sha} is not registered")));
         }
     }
-    let status = run_status(c, &held.run_id)?;
+    let status = held.run_status;
     let task_status = match rep.err_code {
         None => {
             c.prepare_cached(
@@ -188,9 +196,10 @@ pub(crate) fn complete(
     };
     let succeeded = i64::from(task_status == TaskStatus::Succeeded);
     let requeued = i64::from(task_status == TaskStatus::Queued);
+    // The counters and the sequence number of the task_finished event below, in one update.
     c.prepare_cached(
         "UPDATE runs SET leased_tasks = leased_tasks - 1, pending_tasks = pending_tasks - ?2,
-         queued_tasks = queued_tasks + ?3 WHERE id = ?1",
+         queued_tasks = queued_tasks + ?3, event_seq = event_seq + 1 WHERE id = ?1",
     )?
     .execute(params![held.run_id, succeeded, requeued])?;
     let pending: i64 =
@@ -208,7 +217,7 @@ pub(crate) fn complete(
         rep.stderr_sha256,
         now
     ])?;
-    event(
+    event_seq_taken(
         c,
         &held.run_id,
         "task_finished",
@@ -276,7 +285,7 @@ fn settle_run(
 pub(crate) fn release(c: &Connection, task_id: i64, owner: &str, attempt: u32, now: i64) -> Result<()> {
     let held = fence(c, task_id, owner, attempt)?;
     // A run that stopped meanwhile (canceled, failed) must not get the task back as runnable.
-    let executing = run_status(c, &held.run_id)? == RunStatus::Executing;
+    let executing = held.run_status == RunStatus::Executing;
     let next = if executing { "queued" } else { "canceled" };
     c.prepare_cached(
         "UPDATE tasks SET status = ?3, lease_owner = NULL, lease_expires_at = NULL,
