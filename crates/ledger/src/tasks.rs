@@ -180,9 +180,12 @@ pub(crate) fn complete(
             .execute(params![rep.task_id, held.task_key, now])?;
             TaskStatus::Succeeded
         }
-        Some(code) if status != RunStatus::Executing => {
-            let _ = code;
-            TaskStatus::Failed
+        Some(_) if status != RunStatus::Executing => TaskStatus::Failed,
+        // Killed because its run had stopped, and the run was retried meanwhile: the kill
+        // says nothing about the task, so it goes back to the queue without spending a retry.
+        Some(ErrCode::Canceled) => {
+            c.prepare_cached("UPDATE tasks SET budget_base = budget_base + 1 WHERE id = ?1")?.execute([rep.task_id])?;
+            TaskStatus::Queued
         }
         Some(code) => match policy.decide(code, rep.attempt.saturating_sub(held.budget_base), jitter) {
             RetryDecision::Retry { delay_ms } => {

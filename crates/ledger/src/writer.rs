@@ -45,6 +45,8 @@ trait Job: Send {
     fn deliver(self: Box<Self>, commit_err: Option<&LedgerError>);
     /// The job could not run at all.
     fn fail(self: Box<Self>, err: LedgerError);
+    /// The error of its last run, if it failed.
+    fn error(&self) -> Option<LedgerError>;
 }
 
 struct WriteJob<F, T> {
@@ -76,6 +78,13 @@ where
 
     fn fail(self: Box<Self>, err: LedgerError) {
         self.reply.send(Err(err));
+    }
+
+    fn error(&self) -> Option<LedgerError> {
+        match &self.result {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -184,36 +193,72 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) {
     for job in batch.iter_mut() {
         any_failed |= job.run(conn, now);
     }
-    let mut outcome = Ok(());
-    if any_failed && batch.len() > 1 {
-        // Some job failed after perhaps writing: undo everything and run the batch again,
-        // each job in its own savepoint, so only the failing ones are rolled back.
-        outcome = exec_cached(conn, "ROLLBACK")
+    if any_failed {
+        if conn.is_autocommit() {
+            // SQLite already rolled the whole transaction back (disk full, I/O error):
+            // nothing was written; every job learns why.
+            return abort(batch);
+        }
+        if batch.len() == 1 {
+            let _ = exec_cached(conn, "ROLLBACK");
+            return deliver_all(batch, None);
+        }
+        // Undo everything and run the batch again, each job in its own savepoint, so only
+        // the failing ones are rolled back.
+        let again = exec_cached(conn, "ROLLBACK")
             .and_then(|_| exec_cached(conn, "BEGIN IMMEDIATE"))
+            .map_err(|e| Some(LedgerError::from(e)))
             .and_then(|_| rerun_with_savepoints(conn, batch, now));
+        match again {
+            Ok(()) => {}
+            Err(None) => return abort(batch),
+            Err(Some(e)) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return deliver_all(batch, Some(&e));
+            }
+        }
     }
-    let commit_err = match outcome {
-        Err(e) => Some(LedgerError::from(e)),
-        // A lone failed job: nothing of the transaction is wanted.
-        Ok(()) if any_failed && batch.len() == 1 => exec_cached(conn, "ROLLBACK").err().map(LedgerError::from),
-        Ok(()) => exec_cached(conn, "COMMIT").err().map(LedgerError::from),
-    };
+    let commit_err = exec_cached(conn, "COMMIT").err().map(LedgerError::from);
     if let Some(e) = &commit_err {
-        tracing::error!(error = %e, "ledger writer: the batch did not commit; rolled back");
-        let _ = conn.execute_batch("ROLLBACK");
+        tracing::error!(error = %e, "ledger writer: COMMIT failed; the batch was rolled back");
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
     }
+    deliver_all(batch, commit_err.as_ref());
+}
+
+fn deliver_all(batch: &mut Vec<Box<dyn Job>>, commit_err: Option<&LedgerError>) {
     for job in batch.drain(..) {
-        job.deliver(commit_err.as_ref());
+        job.deliver(commit_err);
     }
 }
 
-fn rerun_with_savepoints(conn: &Connection, batch: &mut [Box<dyn Job>], now: i64) -> rusqlite::Result<()> {
+/// The transaction is gone: failed jobs get their own error, the others the first one.
+fn abort(batch: &mut Vec<Box<dyn Job>>) {
+    let cause = batch.iter().find_map(|j| j.error()).unwrap_or(LedgerError::Db("transaction aborted".into()));
+    tracing::error!(error = %cause, "ledger writer: the transaction was rolled back by SQLite");
+    for job in batch.drain(..) {
+        if job.error().is_some() { job.deliver(None) } else { job.deliver(Some(&cause)) }
+    }
+}
+
+/// Err(None): SQLite aborted the transaction during a job (see `abort`).
+fn rerun_with_savepoints(
+    conn: &Connection,
+    batch: &mut [Box<dyn Job>],
+    now: i64,
+) -> std::result::Result<(), Option<LedgerError>> {
+    let step = |sql| exec_cached(conn, sql).map_err(|e| Some(LedgerError::from(e)));
     for job in batch.iter_mut() {
-        exec_cached(conn, "SAVEPOINT job")?;
+        step("SAVEPOINT job")?;
         if job.run(conn, now) {
-            exec_cached(conn, "ROLLBACK TO job")?;
+            if conn.is_autocommit() {
+                return Err(None);
+            }
+            step("ROLLBACK TO job")?;
         }
-        exec_cached(conn, "RELEASE job")?;
+        step("RELEASE job")?;
     }
     Ok(())
 }

@@ -131,3 +131,26 @@ async fn a_stopped_run_stops_its_running_and_released_tasks() {
     assert!(!l.has_work().await.unwrap(), "nothing claimable is left");
     assert_eq!(count(l, "SELECT leased_tasks FROM runs").await, 0, "lease counter back to zero");
 }
+
+/// A task killed because its run failed reports CANCELED; if the operator retried the run
+/// meanwhile, that report must not fail the retried run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_straggler_killed_by_a_failed_run_does_not_fail_its_retry() {
+    let t = TestLedger::new();
+    let l = &t.ledger;
+    let (_, run) = executing_run(l, "a", shell_plan(2, 2)).await;
+    let a = claim(l, "w1").await;
+    let b = claim(l, "w2").await;
+    l.complete_task(fail_report(&a, "w1", ErrCode::CmdNonzero)).await.unwrap();
+    assert_eq!(l.heartbeat(&b, "w2", LONG_LEASE).await.unwrap(), machina_ledger::Heartbeat::Canceled);
+    l.retry_run(&run).await.unwrap();
+    let done = l.complete_task(fail_report(&b, "w2", ErrCode::Canceled)).await.unwrap();
+    assert_eq!(done.task_status, TaskStatus::Queued);
+    assert_eq!(done.run_status, RunStatus::Executing, "the retried run goes on");
+    // Both tasks run again, each with a full retry budget, and the run succeeds.
+    while let Some(task) = l.claim_task("w3", LONG_LEASE).await.unwrap() {
+        l.complete_task(ok_report(&task, "w3")).await.unwrap();
+    }
+    assert_eq!(l.run_detail(&run).await.unwrap().run.status, RunStatus::Succeeded);
+    assert_eq!(l.counter_drift().await.unwrap(), 0);
+}

@@ -63,15 +63,18 @@ impl Worker {
 
     async fn slot_loop(&self, slot: usize, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.settings.worker.poll_ms);
-        let mut next: Option<Work> = None;
+        // Work claimed together with the last commit, and when that claim was asked for
+        // (the lease runs from then, as far as this process can vouch).
+        let mut next: Option<(Work, Instant)> = None;
         while !shutdown.is_cancelled() {
+            let asked = Instant::now();
             let result = match next.take() {
-                Some(work) => self.perform(work).await,
+                Some((work, claimed)) => self.perform(work, claimed).await,
                 None => self.find_work().await,
             };
             match result {
                 Ok(Some(work)) => {
-                    next = Some(work);
+                    next = Some((work, asked));
                     continue;
                 }
                 Ok(None) => {}
@@ -84,7 +87,7 @@ impl Worker {
         }
         // Work claimed with the last commit but not started: a task goes back to the
         // queue; a compile is quick, so it is finished.
-        let result = match next {
+        let result = match next.map(|(work, _)| work) {
             Some(Work::Task(t)) => self.ledger.release_task(&t, &self.id).await,
             Some(Work::Compile(job)) => self.compile(*job).await,
             None => Ok(()),
@@ -105,13 +108,13 @@ impl Worker {
     }
 
     /// Do one piece of work; returns the next one when it was claimed with the commit.
-    async fn perform(&self, work: Work) -> Result<Option<Work>, LedgerError> {
+    async fn perform(&self, work: Work, claimed: Instant) -> Result<Option<Work>, LedgerError> {
         match work {
             Work::Compile(job) => {
                 self.compile(*job).await?;
                 Ok(None)
             }
-            Work::Task(task) => self.execute(task).await,
+            Work::Task(task) => self.execute(task, claimed).await,
         }
     }
 
@@ -142,13 +145,13 @@ impl Worker {
         Ok(CompiledPlan { plan, plan_sha256: sha, approval_required: recipe.approval_required })
     }
 
-    async fn execute(&self, task: ClaimedTask) -> Result<Option<Work>, LedgerError> {
+    async fn execute(&self, task: ClaimedTask, claimed: Instant) -> Result<Option<Work>, LedgerError> {
         let span =
             tracing::info_span!("task", run_id = %task.run_id, task_key = %task.task_key, attempt = task.attempt);
-        tracing::Instrument::instrument(self.execute_in_span(task), span).await
+        tracing::Instrument::instrument(self.execute_in_span(task, claimed), span).await
     }
 
-    async fn execute_in_span(&self, task: ClaimedTask) -> Result<Option<Work>, LedgerError> {
+    async fn execute_in_span(&self, task: ClaimedTask, claimed: Instant) -> Result<Option<Work>, LedgerError> {
         // One directory per attempt: a stale attempt still being killed never shares it with the live one.
         let dir = self.settings.state_dir.join("tasks").join(&task.task_key).join(task.attempt.to_string());
         let prepared = {
@@ -164,9 +167,9 @@ impl Worker {
                     stderr: format!("cannot prepare task directory {}: {e}", dir.display()).into_bytes(),
                     wall_ms: 0,
                 },
-                Instant::now() + self.lease(),
+                claimed + self.lease(),
             ),
-            Ok(()) => match self.run_with_heartbeat(&task, &dir).await {
+            Ok(()) => match self.run_with_heartbeat(&task, &dir, claimed).await {
                 Some(done) => done,
                 None => {
                     remove_attempt_dir(dir).await;
@@ -214,6 +217,7 @@ impl Worker {
         &self,
         task: &ClaimedTask,
         dir: &std::path::Path,
+        claimed: Instant,
     ) -> Option<(shell::ShellOutcome, Instant)> {
         let cancel = CancellationToken::new();
         let limits = RunLimits {
@@ -235,10 +239,15 @@ impl Worker {
         };
         tokio::pin!(run);
         // The lease as this process can vouch for it: counted from before each renewal was sent.
-        let mut lease_deadline = Instant::now() + self.lease();
+        let mut lease_deadline = claimed + self.lease();
         let mut beat = tokio::time::interval(self.lease() / 3);
         beat.tick().await;
         let mut lost = false;
+        // The renewal in flight, polled beside the task and the lease deadline, so neither a
+        // slow ledger nor the task's own timeout waits for the other.
+        type Renewal<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<Heartbeat, LedgerError>> + Send + 'a>>;
+        let mut renewal: Option<(Renewal<'_>, Instant)> = None;
         loop {
             tokio::select! {
                 out = &mut run => return (!lost).then_some((out, lease_deadline)),
@@ -247,10 +256,14 @@ impl Worker {
                     lost = true;
                     cancel.cancel();
                 }
-                _ = beat.tick(), if !lost => {
-                    let sent = Instant::now();
-                    match self.ledger.heartbeat(task, &self.id, self.lease_ms()).await {
-                        Ok(Heartbeat::Renewed) => lease_deadline = sent + self.lease(),
+                _ = beat.tick(), if !lost && renewal.is_none() => {
+                    renewal = Some((Box::pin(self.ledger.heartbeat(task, &self.id, self.lease_ms())), Instant::now()));
+                }
+                r = async { renewal.as_mut().expect("guarded").0.as_mut().await }, if renewal.is_some() => {
+                    let sent = renewal.take().expect("guarded").1;
+                    match r {
+                        Ok(Heartbeat::Renewed) if !lost => lease_deadline = sent + self.lease(),
+                        Ok(Heartbeat::Renewed) => {}
                         Ok(Heartbeat::Canceled) => cancel.cancel(),
                         Err(LedgerError::StaleLease(m)) => {
                             tracing::warn!("lease lost, killing the task: {m}");
