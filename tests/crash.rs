@@ -62,15 +62,7 @@ fn acknowledged_submissions_survive_kill_9_of_the_api() {
 
 #[test]
 fn a_killed_workers_task_is_reclaimed_and_committed_once() {
-    let mut m =
-        Machina::new("[worker]\nlease_secs = 3\npoll_ms = 50\n[retry]\nbackoff_base_ms = 10\nbackoff_cap_ms = 20\n");
-    m.start_api();
-    m.start_worker("a");
-    let run = m.enqueue_commands(&[&["/usr/bin/sleep", "2"]]);
-    m.wait_status(&run, "waiting_input");
-    m.post(&format!("/runs/{run}/approve-plan"), &json!({"approvedBy": "t"}));
-    m.wait_for(&run, "lease by a", Duration::from_secs(30), |v| v["tasks"][0]["leaseOwner"] == "a");
-    m.kill9_worker("a");
+    let (mut m, run) = kill_a_worker_mid_task(3, "a", "2");
     m.start_worker("b");
     let done = m.wait_status(&run, "succeeded");
     let key = done["tasks"][0]["taskKey"].as_str().unwrap();
@@ -88,17 +80,26 @@ fn a_killed_workers_task_is_reclaimed_and_committed_once() {
 #[test]
 fn a_restarted_worker_reclaims_its_own_leases_at_once() {
     // A lease far longer than the test: only the restart-time reclaim can free the task.
-    let mut m =
-        Machina::new("[worker]\nlease_secs = 600\npoll_ms = 50\n[retry]\nbackoff_base_ms = 10\nbackoff_cap_ms = 20\n");
-    m.start_api();
-    m.start_worker("w1");
-    let run = m.enqueue_commands(&[&["/usr/bin/sleep", "1"]]);
-    m.wait_status(&run, "waiting_input");
-    m.post(&format!("/runs/{run}/approve-plan"), &json!({"approvedBy": "t"}));
-    m.wait_for(&run, "lease by w1", Duration::from_secs(30), |v| v["tasks"][0]["leaseOwner"] == "w1");
-    m.kill9_worker("w1");
+    let (mut m, run) = kill_a_worker_mid_task(600, "w1", "1");
     m.start_worker("w1");
     let done = m.wait_status(&run, "succeeded");
     assert_eq!(done["tasks"][0]["attempt"], 2);
     assert_eq!(m.sql_i64("SELECT COUNT(*) FROM attempts WHERE err_code = 'LEASE_LOST'"), 1);
+}
+
+/// API + worker `id` (lease `lease_secs`), one approved task sleeping `secs`, the worker
+/// killed with SIGKILL while it holds the task's lease.
+fn kill_a_worker_mid_task(lease_secs: u64, id: &str, secs: &str) -> (Machina, String) {
+    let conf = format!(
+        "[worker]\nlease_secs = {lease_secs}\npoll_ms = 50\n[retry]\nbackoff_base_ms = 10\nbackoff_cap_ms = 20\n"
+    );
+    let mut m = Machina::new(&conf);
+    m.start_api();
+    m.start_worker(id);
+    let run = m.enqueue_commands(&[&["/usr/bin/sleep", secs]]);
+    m.wait_status(&run, "waiting_input");
+    m.post(&format!("/runs/{run}/approve-plan"), &json!({"approvedBy": "t"}));
+    m.wait_for(&run, "the lease", Duration::from_secs(30), |v| v["tasks"][0]["leaseOwner"] == id);
+    m.kill9_worker(id);
+    (m, run)
 }
