@@ -114,7 +114,9 @@ fn claim_work(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Result<Op
 /// A handle on the ledger; clone freely (all clones share one writer thread).
 #[derive(Clone)]
 pub struct Ledger {
+    // Declared first so the last handle drops its sender before joining the thread.
     writer: writer::WriterHandle,
+    _writer_thread: Arc<writer::WriterThread>,
     pragmas: Arc<Pragmas>,
     _checkpointer: Arc<checkpoint::Checkpointer>,
     readers: Arc<ReaderPool>,
@@ -133,11 +135,12 @@ impl Ledger {
         db::migrate(&mut conn, &path, machina_core::APP_VERSION)?;
         let artifacts = ArtifactStore::open(&opts.state_dir.join(ARTIFACTS_DIR))?;
         let pragmas = db::read_pragmas(&conn)?;
-        let (writer, _thread) = writer::WriterHandle::spawn(conn, opts.clock.clone())?;
+        let (writer, thread) = writer::WriterHandle::spawn(conn, opts.clock.clone())?;
         let checkpointer = checkpoint::Checkpointer::spawn(db::open_connection(&path, opts.durability)?)
             .map_err(|e| LedgerError::Io(format!("cannot start the checkpointer thread: {e}")))?;
         Ok(Self {
             writer,
+            _writer_thread: Arc::new(writer::WriterThread::new(thread)),
             pragmas: Arc::new(pragmas),
             _checkpointer: Arc::new(checkpointer),
             readers: Arc::new(ReaderPool { path, durability: opts.durability, idle: Mutex::new(Vec::new()) }),

@@ -88,6 +88,24 @@ where
     }
 }
 
+/// Joins the writer thread when the last ledger handle is gone (after its sender
+/// dropped, so the thread has finished what was queued and exited).
+pub(crate) struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl WriterThread {
+    pub(crate) fn new(handle: std::thread::JoinHandle<()>) -> Self {
+        Self(Some(handle))
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Sending half; cloning is cheap.
 #[derive(Clone)]
 pub(crate) struct WriterHandle {
