@@ -2,9 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use machina_core::RecipeBook;
-use machina_core::config::{ConfigError, DaemonPaths, Settings};
-use machina_ledger::{Ledger, LedgerOptions};
+use machina_core::config::{ConfigError, Settings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,12 +19,9 @@ pub const TOKEN_MIN_LEN: usize = 16;
 #[derive(Debug, Parser)]
 #[command(name = "machina-api", version, about = "machina's HTTP API")]
 pub struct Args {
-    /// Configuration drop-in directory (repeatable; default: the system directories).
-    #[arg(long = "config-dir")]
-    pub config_dirs: Vec<PathBuf>,
-    /// State directory (overrides STATE_DIRECTORY and the configuration).
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
+    /// Configuration and state directories.
+    #[command(flatten)]
+    pub paths: machina_daemon::PathArgs,
     /// Address to listen on (overrides api.listen).
     #[arg(long)]
     pub listen: Option<String>,
@@ -62,20 +57,18 @@ pub fn load_token(settings: &Settings, credentials_dir: Option<PathBuf>) -> Resu
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let paths = DaemonPaths {
-        config_dirs: args.config_dirs,
-        state_dir: args.state_dir,
-        systemd_state_directory: std::env::var("STATE_DIRECTORY").ok(),
-    };
-    let mut settings = Settings::load_for_daemon(&paths)?;
-    if let Some(l) = args.listen {
-        settings.api.listen = l;
-    }
-    let token = load_token(&settings, std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))?;
-    let recipes = RecipeBook::load(settings.recipes_dir.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
-    let mut opts = LedgerOptions::new(&settings.state_dir);
-    opts.retry = settings.retry.clone();
-    let ledger = tokio::task::spawn_blocking(move || Ledger::open(opts)).await?.context("opening the ledger")?;
+    let (listen, paths) = (args.listen, args.paths);
+    let (setup, token) = tokio::task::spawn_blocking(move || {
+        let setup = machina_daemon::setup(paths, |s| {
+            if let Some(l) = listen {
+                s.api.listen = l;
+            }
+        })?;
+        let token = load_token(&setup.settings, std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))?;
+        anyhow::Ok((setup, token))
+    })
+    .await??;
+    let machina_daemon::Setup { settings, recipes, ledger } = setup;
     let listener = tokio::net::TcpListener::bind(&settings.api.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.api.listen))?;

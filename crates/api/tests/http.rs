@@ -56,14 +56,7 @@ async fn intent_to_result_through_the_api() {
     assert_eq!(done["status"], "succeeded", "{done}");
     let tasks = done["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 3);
-    let out = s
-        .get(&format!("/artifacts/{}", tasks[0]["stdoutSha256"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let out = s.artifact_text(&tasks[0]["stdoutSha256"]).await;
     assert_eq!(out, "hello, x\n");
     let steps: Vec<String> = done["steps"]
         .as_array()
@@ -253,14 +246,7 @@ async fn off_allowlist_executable_fails_closed_and_retry_resumes() {
     assert_eq!(done["nextAction"], "RETRY");
     let denied = &done["tasks"][1];
     assert_eq!(denied["status"], "failed");
-    let why = s
-        .get(&format!("/artifacts/{}", denied["stderrSha256"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let why = s.artifact_text(&denied["stderrSha256"]).await;
     assert!(why.contains("not on the allowlist"), "{why}");
     // Retry resumes ExecuteST under the same run id; the denied task fails again, the done one is not re-run.
     let (st, v) = s.send(s.post(&format!("/runs/{run}/retry"))).await;

@@ -2,10 +2,14 @@
 //! logging, run its async main on a runtime, turn SIGTERM/SIGINT into a
 //! cancellation, and exit with a status chosen on purpose (78 for
 //! configuration errors, so systemd's RestartPreventExitStatus=78 stops a
-//! restart loop).
+//! restart loop) — and load what both daemons start from: settings, recipes, the ledger.
 
-use machina_core::config::{ConfigError, EXIT_CONFIG};
+use anyhow::Context;
+use machina_core::RecipeBook;
+use machina_core::config::{ConfigError, DaemonPaths, EXIT_CONFIG, Settings};
+use machina_ledger::{Ledger, LedgerOptions};
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -47,4 +51,43 @@ pub async fn cancel_on_signal(token: CancellationToken, what: &'static str) {
         _ = token.cancelled() => return,
     }
     token.cancel();
+}
+
+/// Command-line options every daemon takes (flattened into each one's arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PathArgs {
+    /// Configuration drop-in directory (repeatable; default: the system directories).
+    #[arg(long = "config-dir")]
+    pub config_dirs: Vec<PathBuf>,
+    /// State directory (overrides STATE_DIRECTORY and the configuration).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What a daemon starts from.
+pub struct Setup {
+    /// Validated settings.
+    pub settings: Settings,
+    /// Built-in recipes plus `recipes_dir`.
+    pub recipes: RecipeBook,
+    /// The opened (migrated) ledger.
+    pub ledger: Ledger,
+}
+
+/// Load settings (drop-ins, `STATE_DIRECTORY`, the command line), then `adjust` them,
+/// then the recipes, and open the ledger. Blocking: call it from `spawn_blocking`.
+/// Configuration problems come back as [`ConfigError`] (exit 78).
+pub fn setup(paths: PathArgs, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Setup> {
+    let paths = DaemonPaths {
+        config_dirs: paths.config_dirs,
+        state_dir: paths.state_dir,
+        systemd_state_directory: std::env::var("STATE_DIRECTORY").ok(),
+    };
+    let mut settings = Settings::load_for_daemon(&paths)?;
+    adjust(&mut settings);
+    let recipes = RecipeBook::load(settings.recipes_dir.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
+    let mut opts = LedgerOptions::new(&settings.state_dir);
+    opts.retry = settings.retry.clone();
+    let ledger = Ledger::open(opts).context("opening the ledger")?;
+    Ok(Setup { settings, recipes, ledger })
 }

@@ -1,11 +1,7 @@
 //! The `machina-worker` process.
 
-use anyhow::Context;
 use clap::Parser;
-use machina_core::RecipeBook;
-use machina_core::config::{ConfigError, DaemonPaths, Settings};
-use machina_ledger::{Ledger, LedgerOptions};
-use std::path::PathBuf;
+use machina_core::config::ConfigError;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -21,12 +17,9 @@ pub struct Args {
     /// Tasks this process runs at once.
     #[arg(long, default_value_t = 1)]
     pub slots: usize,
-    /// Configuration drop-in directory (repeatable; default: the system directories).
-    #[arg(long = "config-dir")]
-    pub config_dirs: Vec<PathBuf>,
-    /// State directory (overrides STATE_DIRECTORY and the configuration).
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
+    /// Configuration and state directories.
+    #[command(flatten)]
+    pub paths: machina_daemon::PathArgs,
 }
 
 /// Entry point of the binary.
@@ -40,16 +33,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.id.is_empty() || !args.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
         return Err(ConfigError(format!("--id {:?} must be non-empty [A-Za-z0-9-_.@]", args.id)).into());
     }
-    let paths = DaemonPaths {
-        config_dirs: args.config_dirs,
-        state_dir: args.state_dir,
-        systemd_state_directory: std::env::var("STATE_DIRECTORY").ok(),
-    };
-    let settings = Settings::load_for_daemon(&paths)?;
-    let recipes = RecipeBook::load(settings.recipes_dir.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
-    let mut opts = LedgerOptions::new(&settings.state_dir);
-    opts.retry = settings.retry.clone();
-    let ledger = tokio::task::spawn_blocking(move || Ledger::open(opts)).await?.context("opening the ledger")?;
+    let paths = args.paths.clone();
+    let machina_daemon::Setup { settings, recipes, ledger } =
+        tokio::task::spawn_blocking(move || machina_daemon::setup(paths, |_| {})).await??;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(machina_daemon::cancel_on_signal(shutdown.clone(), "finishing in-flight tasks"));
     tracing::info!(worker = %args.id, slots = args.slots, "machina-worker started");

@@ -66,6 +66,12 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// An artifact's bytes as text.
+    pub async fn artifact_text(&self, sha: &serde_json::Value) -> String {
+        let sha = sha.as_str().expect("a sha256 string");
+        self.get(&format!("/artifacts/{sha}")).send().await.unwrap().text().await.unwrap()
+    }
+
     /// POST /enqueue of the demo recipe; returns the run id.
     pub async fn enqueue_demo(&self, words: &[&str]) -> String {
         let body = json!({"goal": "greet", "inputs": {"words": words}, "recipe": "demo", "queuePartitionKey": "p1"});
