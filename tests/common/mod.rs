@@ -33,8 +33,10 @@ impl Machina {
         let conf = dir.path().join("config.d");
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+        // No D-Bus unless a test brings its own bus.
+        let bus = if extra.contains("[bus]") { "" } else { "[bus]\naddress = \"none\"\n" };
         let toml = format!(
-            "recipes_dir = \"{}/recipes.d\"\n[api]\ntoken_file = \"{}/token\"\n{extra}\n",
+            "recipe_dirs = [\"{}/recipes.d\"]\n[api]\ntoken_file = \"{}/token\"\nidle_exit_secs = 0\n{bus}{extra}\n",
             dir.path().display(),
             dir.path().display()
         );

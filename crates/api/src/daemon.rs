@@ -1,35 +1,44 @@
-//! The `machina-api` process: settings, token, ledger, listener, graceful shutdown.
+//! The `machina-api` process: settings, token, ledger, listeners (socket
+//! activation), the D-Bus name, sd_notify (READY/STATUS/WATCHDOG/STOPPING),
+//! the idle exit, and graceful shutdown.
 
 use anyhow::Context;
 use clap::Parser;
+use machina_bus::BusAddress;
 use machina_core::config::{ConfigError, Settings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::AppState;
+use crate::activity::Activity;
+use crate::listeners::{self, Listener};
 
 /// Name of the systemd credential holding the API token.
 pub const TOKEN_CREDENTIAL: &str = "api-token";
 /// Shortest token accepted.
 pub const TOKEN_MIN_LEN: usize = 16;
+/// How often the idle watcher looks and STATUS= is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Command line of machina-api.
 #[derive(Debug, Parser)]
-#[command(name = "machina-api", version, about = "machina's HTTP API")]
+#[command(name = "machina-api", version, about = "machina's HTTP API and D-Bus service")]
 pub struct Args {
     /// Configuration and state directories.
     #[command(flatten)]
     pub paths: machina_daemon::PathArgs,
-    /// Address to listen on (overrides api.listen).
+    /// Address to listen on when systemd passes no socket (overrides api.listen).
     #[arg(long)]
     pub listen: Option<String>,
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    machina_daemon::init_logging();
+    machina_daemon::init_logging("machina-api");
     let args = Args::parse();
     machina_daemon::run("machina-api", run(args))
 }
@@ -69,33 +78,114 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await??;
     let machina_daemon::Setup { settings, recipes, ledger } = setup;
-    let listener = tokio::net::TcpListener::bind(&settings.api.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.api.listen))?;
-    let addr = listener.local_addr()?;
+    let bus_address = BusAddress::parse(&settings.bus.address).map_err(ConfigError)?;
+    let listeners = listeners::open(&settings.api.listen).await?;
     let shutdown = CancellationToken::new();
-    let state = AppState {
+    let mut state = AppState {
         ledger,
         recipes: Arc::new(recipes),
         settings: Arc::new(settings),
         token: Arc::new(token),
         shutdown: shutdown.clone(),
+        activity: Activity::new(),
+        bus: None,
     };
+    state.bus = serve_bus(&bus_address, &state).await?;
     let signals = tokio::spawn(machina_daemon::cancel_on_signal(shutdown.clone(), "draining in-flight requests"));
-    tracing::info!(%addr, "machina-api listening");
-    let served = serve(listener, state, shutdown).await;
+    let shown: Vec<String> = listeners.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        message_id = machina_core::log::MSG_SERVICE_READY,
+        listen = %shown.join(", "),
+        bus = %bus_address,
+        "machina-api ready"
+    );
+    machina_daemon::notify::ready(&format!("listening on {}", shown.join(", ")));
+    let served = serve_all(listeners, state.clone(), shutdown.clone()).await;
+    machina_daemon::notify::stopping();
     signals.abort();
+    if let Some(bus) = state.bus.take() {
+        bus.graceful_shutdown().await;
+    }
+    tracing::info!("machina-api stopped");
     served
 }
 
-/// Serve until `shutdown` is cancelled, then drain in-flight requests.
+/// Connect to the bus, export the manager and own its name (before READY=1, so a
+/// bus-activated start is answered by the time systemd considers it started).
+async fn serve_bus(address: &BusAddress, state: &AppState) -> anyhow::Result<Option<zbus::Connection>> {
+    let Some(builder) = machina_bus::connect::builder(address)? else { return Ok(None) };
+    let conn = builder
+        .serve_at(machina_bus::OBJECT_PATH, crate::bus::Manager::new(state.clone()))
+        .name(machina_bus::BUS_NAME)
+        .build()
+        .await
+        .with_context(|| format!("cannot own {} on the {address}", machina_bus::BUS_NAME))?;
+    Ok(Some(conn))
+}
+
+/// Serve every listener until `shutdown`, then drain; also runs the idle watcher and the watchdog.
+pub async fn serve_all(listeners: Vec<Listener>, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let app = crate::router(state.clone());
+    let mut servers = Vec::new();
+    for l in listeners {
+        let (app, stop) = (app.clone(), shutdown.clone());
+        servers.push(tracker.spawn(async move {
+            match l {
+                Listener::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await,
+                Listener::Unix(l) => axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await,
+            }
+        }));
+    }
+    tracker.spawn(supervise(state, shutdown.clone()));
+    tracker.close();
+    let mut result = Ok(());
+    for s in servers {
+        if let Err(e) = s.await.context("server task failed")? {
+            result = Err(anyhow::Error::from(e).context("serving HTTP"));
+            shutdown.cancel();
+        }
+    }
+    shutdown.cancel();
+    tracker.wait().await;
+    result
+}
+
+/// Serve one TCP listener until `shutdown` (tests and benchmarks).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = crate::router(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
-    tracing::info!("machina-api stopped");
-    Ok(())
+    serve_all(vec![Listener::Tcp(listener)], state, shutdown).await
+}
+
+/// Once a second: refresh STATUS=, pet the watchdog if the ledger answers, and start the
+/// idle exit when nothing has been in flight for `api.idle_exit_secs`.
+async fn supervise(state: AppState, shutdown: CancellationToken) {
+    let idle_limit = Duration::from_secs(state.settings.api.idle_exit_secs);
+    let watchdog = machina_daemon::notify::watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let idle = state.activity.idle_for();
+        if !idle_limit.is_zero() && idle >= idle_limit {
+            tracing::info!(idle_secs = idle.as_secs(), "idle: exiting until the next request or D-Bus call");
+            machina_daemon::notify::status("idle: exiting");
+            shutdown.cancel();
+            return;
+        }
+        machina_daemon::notify::status(&format!(
+            "{} request(s) in flight, {} served, idle {} s",
+            state.activity.in_flight(),
+            state.activity.served(),
+            idle.as_secs()
+        ));
+        if watchdog.is_some() && state.ledger.ping().await.is_ok() {
+            machina_daemon::notify::watchdog();
+        }
+    }
 }

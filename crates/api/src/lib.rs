@@ -4,9 +4,12 @@
 //! router with its layers: request ids on every request and response, bearer
 //! auth on everything but /health and /metrics, and the body size limit.
 
+pub mod activity;
+pub mod bus;
 pub mod daemon;
 pub mod error;
 pub mod extract;
+mod listeners;
 mod metrics;
 mod routes;
 
@@ -38,6 +41,10 @@ pub struct AppState {
     pub token: Arc<String>,
     /// Cancelled at shutdown: long-lived streams end so the server can drain.
     pub shutdown: CancellationToken,
+    /// Requests and D-Bus calls in flight, for the idle exit.
+    pub activity: activity::Activity,
+    /// The bus connection signals go out on (`None` with `bus.address = "none"`).
+    pub bus: Option<zbus::Connection>,
 }
 
 /// The full router.
@@ -53,7 +60,14 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(state.clone(), track_activity))
         .with_state(state)
+}
+
+/// Hold the service busy for the whole request (the idle exit waits for it).
+async fn track_activity(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let _busy = st.activity.begin();
+    next.run(req).await
 }
 
 async fn request_id(mut req: Request, next: Next) -> Response {

@@ -23,14 +23,17 @@ pub struct ConfigError(pub String);
 pub struct Settings {
     /// Where the ledger and artifacts live (systemd's STATE_DIRECTORY wins when set).
     pub state_dir: PathBuf,
-    /// Directory of extra recipe files.
-    pub recipes_dir: Option<PathBuf>,
+    /// Directories of recipe files, lowest priority first; a recipe in a later
+    /// directory replaces a built-in or earlier one of the same name.
+    pub recipe_dirs: Vec<PathBuf>,
     /// HTTP API.
     pub api: ApiSettings,
     /// Worker processes.
     pub worker: WorkerSettings,
     /// Tools.
     pub tools: ToolSettings,
+    /// D-Bus.
+    pub bus: BusSettings,
     /// Which task failures are retried.
     pub retry: RetryPolicy,
 }
@@ -39,10 +42,11 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             state_dir: PathBuf::from("/var/lib/machina"),
-            recipes_dir: Some(PathBuf::from("/etc/machina/recipes.d")),
+            recipe_dirs: vec![PathBuf::from("/usr/lib/machina/recipes.d"), PathBuf::from("/etc/machina/recipes.d")],
             api: ApiSettings::default(),
             worker: WorkerSettings::default(),
             tools: ToolSettings::default(),
+            bus: BusSettings::default(),
             retry: RetryPolicy::default(),
         }
     }
@@ -62,6 +66,9 @@ pub struct ApiSettings {
     pub dedup_ttl_secs: u64,
     /// Longest page of GET /runs.
     pub max_page_size: u32,
+    /// Exit after this long with no HTTP request and no D-Bus call in flight or
+    /// begun (socket and bus activation bring the service back); 0 never exits.
+    pub idle_exit_secs: u64,
 }
 
 impl Default for ApiSettings {
@@ -72,6 +79,7 @@ impl Default for ApiSettings {
             body_limit_bytes: 1024 * 1024,
             dedup_ttl_secs: 300,
             max_page_size: 500,
+            idle_exit_secs: 300,
         }
     }
 }
@@ -91,6 +99,23 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self { lease_secs: 30, poll_ms: 1000, output_cap_bytes: 1024 * 1024 }
+    }
+}
+
+/// D-Bus settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusSettings {
+    /// `"system"` (the system bus), `"none"` (no D-Bus: workers poll), or a D-Bus address
+    /// such as `"unix:path=/run/x/bus"`.
+    pub address: String,
+    /// Group whose members may call the manager's methods (besides root).
+    pub admin_group: String,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self { address: "system".into(), admin_group: "machina-admin".into() }
     }
 }
 
@@ -179,6 +204,9 @@ impl Settings {
         }
         if self.api.body_limit_bytes < 1024 {
             return bad("api.body_limit_bytes must be at least 1024");
+        }
+        if self.bus.address.is_empty() {
+            return bad("bus.address must be \"system\", \"none\" or a D-Bus address");
         }
         if self.api.max_page_size == 0 {
             return bad("api.max_page_size must be at least 1");

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod log;
 pub mod plan;
 pub mod recipe;
 pub mod retry;

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::plan::{Plan, TaskSpec};
 
@@ -299,12 +299,18 @@ impl RecipeBook {
 
     /// Built-ins plus every `*.toml` in `dir` (a file may replace a built-in of the same name).
     /// A missing directory is not an error; an invalid file is.
-    pub fn load(dir: Option<&Path>) -> Result<Self, RecipeError> {
+    pub fn load(dirs: &[PathBuf]) -> Result<Self, RecipeError> {
         let mut book = Self::builtin();
-        let Some(dir) = dir else { return Ok(book) };
+        for dir in dirs {
+            book.load_dir(dir)?;
+        }
+        Ok(book)
+    }
+
+    fn load_dir(&mut self, dir: &Path) -> Result<(), RecipeError> {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(book),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
                 return Err(RecipeError::Invalid { source_name: dir.display().to_string(), message: e.to_string() });
             }
@@ -319,9 +325,9 @@ impl RecipeBook {
             let text = std::fs::read_to_string(&p)
                 .map_err(|e| RecipeError::Invalid { source_name: shown.clone(), message: e.to_string() })?;
             let r = Recipe::parse(&shown, &text)?;
-            book.recipes.insert(r.name.clone(), r);
+            self.recipes.insert(r.name.clone(), r);
         }
-        Ok(book)
+        Ok(())
     }
 
     /// The recipe called `name`.

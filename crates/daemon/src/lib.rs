@@ -13,9 +13,34 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-/// Log to stderr (journald collects it under systemd); `MACHINA_LOG` sets the filter.
-pub fn init_logging() {
+pub mod notify;
+
+/// Where journald listens for native log records.
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Log to journald (structured fields: RUN_ID, TASK_KEY, REQUEST_ID, STEP, ERR_CODE, WORKER,
+/// MESSAGE_ID…) when its socket exists, else to stderr — never both. `MACHINA_LOG` sets the
+/// filter (default `info`); `MACHINA_LOG_TARGET=stderr|journal` overrides the choice.
+pub fn init_logging(identifier: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MACHINA_LOG").unwrap_or_else(|_| "info".into());
+    let target = std::env::var("MACHINA_LOG_TARGET").ok();
+    let want_journal = match target.as_deref() {
+        Some("journal") => true,
+        Some("stderr") => false,
+        _ => std::path::Path::new(JOURNAL_SOCKET).exists(),
+    };
+    if want_journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer.with_field_prefix(None).with_syslog_identifier(identifier.to_string());
+                let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+                return;
+            }
+            Err(e) => eprintln!("{identifier}: journald unavailable ({e}); logging to stderr"),
+        }
+    }
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -68,7 +93,7 @@ pub struct PathArgs {
 pub struct Setup {
     /// Validated settings.
     pub settings: Settings,
-    /// Built-in recipes plus `recipes_dir`.
+    /// Built-in recipes plus those in `recipe_dirs`.
     pub recipes: RecipeBook,
     /// The opened (migrated) ledger.
     pub ledger: Ledger,
@@ -85,7 +110,7 @@ pub fn setup(paths: PathArgs, adjust: impl FnOnce(&mut Settings)) -> anyhow::Res
     };
     let mut settings = Settings::load_for_daemon(&paths)?;
     adjust(&mut settings);
-    let recipes = RecipeBook::load(settings.recipes_dir.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
+    let recipes = RecipeBook::load(&settings.recipe_dirs).map_err(|e| ConfigError(e.to_string()))?;
     let mut opts = LedgerOptions::new(&settings.state_dir);
     opts.retry = settings.retry.clone();
     let ledger = Ledger::open(opts).context("opening the ledger")?;

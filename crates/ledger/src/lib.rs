@@ -17,6 +17,7 @@ mod checkpoint;
 mod db;
 mod dedup;
 mod error;
+mod fleet;
 mod model;
 mod queries;
 mod runs;
@@ -32,6 +33,7 @@ pub use artifacts::{ArtifactStore, is_sha256_hex};
 pub use db::{BUSY_TIMEOUT_MS, Durability, Pragmas, SCHEMA_VERSION};
 pub use dedup::{DedupKey, Submission, Submitted};
 pub use error::{LedgerError, Result};
+pub use fleet::Overview;
 pub use model::*;
 pub use queries::RunFilter;
 pub use runs::{CompiledPlan, NewIntent, NewRun};
@@ -234,6 +236,29 @@ impl Ledger {
     pub async fn attempts(&self, task_key: &str) -> Result<Vec<AttemptRecord>> {
         let key = task_key.to_string();
         self.read(move |c, _| queries::attempts(c, &key)).await
+    }
+
+    /// Record that worker `id` (process `pid`) is alive.
+    pub async fn worker_seen(&self, id: &str, pid: u32) -> Result<()> {
+        let id = id.to_string();
+        self.writer.write(move |c, now| fleet::worker_seen(c, &id, pid, now)).await
+    }
+
+    /// Forget worker `id` (it is stopping cleanly).
+    pub async fn worker_gone(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.writer.write(move |c, _| fleet::worker_gone(c, &id)).await
+    }
+
+    /// Pause (`true`) or resume claims of new work in a partition. Running tasks finish.
+    pub async fn set_partition_paused(&self, partition: &str, paused: bool) -> Result<()> {
+        let key = partition.to_string();
+        self.writer.write(move |c, _| fleet::set_paused(c, &key, paused)).await
+    }
+
+    /// Queue depth, runs at the gate, workers seen within `online_window_ms`, paused partitions.
+    pub async fn overview(&self, online_window_ms: i64) -> Result<Overview> {
+        self.read(move |c, now| fleet::overview(c, now - online_window_ms)).await
     }
 
     /// Counts for metrics.

@@ -1,6 +1,8 @@
 //! The `machina-worker` process.
 
+use anyhow::Context;
 use clap::Parser;
+use machina_bus::BusAddress;
 use machina_core::config::ConfigError;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,7 @@ pub struct Args {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    machina_daemon::init_logging();
+    machina_daemon::init_logging("machina-worker");
     let args = Args::parse();
     machina_daemon::run("machina-worker", run(args))
 }
@@ -36,10 +38,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let paths = args.paths.clone();
     let machina_daemon::Setup { settings, recipes, ledger } =
         tokio::task::spawn_blocking(move || machina_daemon::setup(paths, |_| {})).await??;
+    let address = BusAddress::parse(&settings.bus.address).map_err(ConfigError)?;
+    let bus = machina_bus::connect(&address).await.with_context(|| format!("cannot connect to the {address}"))?;
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(machina_daemon::cancel_on_signal(shutdown.clone(), "finishing in-flight tasks"));
-    tracing::info!(worker = %args.id, slots = args.slots, "machina-worker started");
-    Worker::new(args.id, ledger, recipes, settings).run(args.slots, shutdown).await?;
+    tracing::info!(
+        message_id = machina_core::log::MSG_SERVICE_READY,
+        worker = %args.id,
+        slots = args.slots,
+        bus = %address,
+        "machina-worker ready"
+    );
+    let mut worker = Worker::new(args.id.clone(), ledger, recipes, settings);
+    if let Some(bus) = bus {
+        worker = worker.with_bus(bus);
+    }
+    machina_daemon::notify::ready(&format!("worker {} claiming with {} slot(s)", args.id, args.slots));
+    let result = worker.run(args.slots, shutdown).await;
+    machina_daemon::notify::stopping();
     signals.abort();
-    Ok(())
+    Ok(result?)
 }

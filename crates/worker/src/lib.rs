@@ -6,7 +6,9 @@
 //! wait for the fallback poll or shutdown. Shutdown stops claiming and lets
 //! in-flight tasks finish.
 
+pub mod announce;
 pub mod daemon;
+pub mod presence;
 pub mod shell;
 
 use machina_core::config::Settings;
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::announce::Announcer;
 use crate::shell::{RunLimits, ShellPolicy};
 
 /// A worker process's shared parts.
@@ -30,13 +33,33 @@ pub struct Worker {
     recipes: Arc<RecipeBook>,
     settings: Arc<Settings>,
     shell: Arc<ShellPolicy>,
+    announce: Announcer,
+    bus: Option<zbus::Connection>,
+    /// Idle slots wait on this besides the poll; TasksQueued signals and local fan-outs fire it.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Worker {
     /// A worker named `id`.
     pub fn new(id: String, ledger: Ledger, recipes: RecipeBook, settings: Settings) -> Self {
         let shell = Arc::new(ShellPolicy::new(&settings.tools.shell));
-        Self { id, ledger, recipes: Arc::new(recipes), settings: Arc::new(settings), shell }
+        Self {
+            id,
+            ledger,
+            recipes: Arc::new(recipes),
+            settings: Arc::new(settings),
+            shell,
+            announce: Announcer::default(),
+            bus: None,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Listen for TasksQueued and send signals on `bus`.
+    pub fn with_bus(mut self, bus: zbus::Connection) -> Self {
+        self.announce = Announcer::new(Some(bus.clone()));
+        self.bus = Some(bus);
+        self
     }
 
     fn lease_ms(&self) -> i64 {
@@ -47,14 +70,22 @@ impl Worker {
     pub async fn run(self, slots: usize, shutdown: CancellationToken) -> Result<(), LedgerError> {
         // A restarted worker's old leases are certainly stale: reclaim them now, not at expiry.
         let n = self.ledger.reclaim(Some(&self.id)).await?;
-        if n > 0 {
-            tracing::warn!(worker = %self.id, reclaimed = n, "reclaimed leases left by a previous run of this worker");
-        }
+        announce::reclaimed(&self.id, n, true);
         let tracker = TaskTracker::new();
+        // Check-in and the signal listener outlive the slots by a moment: stopped once they drain.
+        let background = CancellationToken::new();
+        tracker.spawn(presence::check_in(self.ledger.clone(), self.id.clone(), background.clone()));
+        if let Some(bus) = self.bus.clone() {
+            tracker.spawn(presence::listen_for_work(bus, self.wake.clone(), background.clone()));
+        }
+        let slots_tracker = TaskTracker::new();
         for slot in 0..slots.max(1) {
             let (w, stop) = (self.clone(), shutdown.clone());
-            tracker.spawn(async move { w.slot_loop(slot, stop).await });
+            slots_tracker.spawn(async move { w.slot_loop(slot, stop).await });
         }
+        slots_tracker.close();
+        slots_tracker.wait().await;
+        background.cancel();
         tracker.close();
         tracker.wait().await;
         tracing::info!(worker = %self.id, "worker drained");
@@ -67,6 +98,10 @@ impl Worker {
         // (the lease runs from then, as far as this process can vouch).
         let mut next: Option<(Work, Instant)> = None;
         while !shutdown.is_cancelled() {
+            // Armed before looking for work, so a wake-up between the look and the wait is kept.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let asked = Instant::now();
             let result = match next.take() {
                 Some((work, claimed)) => self.perform(work, claimed).await,
@@ -82,6 +117,7 @@ impl Worker {
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
+                _ = &mut woken => {}
                 _ = shutdown.cancelled() => {}
             }
         }
@@ -103,8 +139,13 @@ impl Worker {
         if !self.ledger.has_work().await? {
             return Ok(None);
         }
-        self.ledger.reclaim(None).await?;
-        self.ledger.claim_work(&self.id, self.lease_ms()).await
+        let n = self.ledger.reclaim(None).await?;
+        announce::reclaimed(&self.id, n, false);
+        let work = self.ledger.claim_work(&self.id, self.lease_ms()).await?;
+        if let Some(Work::Compile(job)) = &work {
+            self.announce.compiling(&job.run.id).await;
+        }
+        Ok(work)
     }
 
     /// Do one piece of work; returns the next one when it was claimed with the commit.
@@ -119,12 +160,22 @@ impl Worker {
     }
 
     async fn compile(&self, job: CompileJob) -> Result<(), LedgerError> {
+        let span = tracing::info_span!("compile", run_id = %job.run.id, step = "CompileST", worker = %self.id);
+        tracing::Instrument::instrument(self.compile_in_span(job), span).await
+    }
+
+    async fn compile_in_span(&self, job: CompileJob) -> Result<(), LedgerError> {
         let outcome = self.render(&job).await;
         if let Err((code, msg)) = &outcome {
-            tracing::warn!(run_id = %job.run.id, err_code = %code, "compile failed: {msg}");
+            tracing::warn!(err_code = %code, "compile failed: {msg}");
         }
         let run = self.ledger.finish_compile(&job, &self.id, outcome).await?;
-        tracing::info!(run_id = %run.id, status = %run.status, "CompileST done");
+        tracing::info!(status = %run.status, "CompileST done");
+        if run.status == machina_core::RunStatus::Executing {
+            // Other idle slots of this process need no signal round trip.
+            self.wake.notify_waiters();
+        }
+        self.announce.compiled(&run).await;
         Ok(())
     }
 
@@ -146,8 +197,8 @@ impl Worker {
     }
 
     async fn execute(&self, task: ClaimedTask, claimed: Instant) -> Result<Option<Work>, LedgerError> {
-        let span =
-            tracing::info_span!("task", run_id = %task.run_id, task_key = %task.task_key, attempt = task.attempt);
+        let span = tracing::info_span!("task", run_id = %task.run_id, task_key = %task.task_key,
+            attempt = task.attempt, step = "ExecuteST", worker = %self.id);
         tracing::Instrument::instrument(self.execute_in_span(task, claimed), span).await
     }
 
@@ -197,6 +248,7 @@ impl Worker {
         match retry_while_unavailable(lease_deadline, commit).await {
             Ok((done, next)) => {
                 tracing::info!(err_code = code, task_status = %done.task_status, run_status = %done.run_status, "task committed");
+                self.announce.task_done(&task.run_id, &task.task_key, code, &done).await;
                 Ok(next)
             }
             Err(LedgerError::StaleLease(m)) => {

@@ -53,6 +53,8 @@ struct Cursor {
     after: i64,
     pending: std::vec::IntoIter<EventRecord>,
     done: bool,
+    /// A live stream keeps the service from idling out while someone watches.
+    _busy: crate::activity::Busy,
 }
 
 /// Follow the run until it is terminal and every event was sent, or the server shuts down.
@@ -62,7 +64,8 @@ fn live(
     after: i64,
     first: Vec<EventRecord>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let cursor = Cursor { st, run_id, after, pending: first.into_iter(), done: false };
+    let _busy = st.activity.begin();
+    let cursor = Cursor { st, run_id, after, pending: first.into_iter(), done: false, _busy };
     stream::unfold(cursor, |mut c| async move {
         loop {
             if let Some(e) = c.pending.next() {

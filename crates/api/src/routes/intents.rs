@@ -67,18 +67,23 @@ impl CreateIntent {
     }
 }
 
+/// A partition key is 1-128 characters of `[A-Za-z0-9-_.:/]`.
+pub(crate) fn check_partition_key(pk: &str) -> ApiResult<()> {
+    if pk.is_empty()
+        || pk.chars().count() > PARTITION_KEY_MAX_CHARS
+        || !pk.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
+    {
+        return Err(ApiError::invalid(format!(
+            "queuePartitionKey must be 1-{PARTITION_KEY_MAX_CHARS} characters of [A-Za-z0-9-_.:/]"
+        )));
+    }
+    Ok(())
+}
+
 impl StartRun {
     /// Check recipe, partition and caps against the intent's inputs; returns the new run.
     fn check(self, st: &AppState, intent_id: String, inputs: &Value) -> ApiResult<NewRun> {
-        let pk = &self.queue_partition_key;
-        if pk.is_empty()
-            || pk.chars().count() > PARTITION_KEY_MAX_CHARS
-            || !pk.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
-        {
-            return Err(ApiError::invalid(format!(
-                "queuePartitionKey must be 1-{PARTITION_KEY_MAX_CHARS} characters of [A-Za-z0-9-_.:/]"
-            )));
-        }
+        check_partition_key(&self.queue_partition_key)?;
         let recipe = st.recipes.get(&self.recipe).ok_or_else(|| {
             ApiError::invalid(format!("unknown recipe {:?} (known: {})", self.recipe, st.recipes.names().join(", ")))
         })?;
@@ -130,7 +135,9 @@ pub(crate) async fn start_run(
     let intent = st.ledger.intent(&intent_id).await?;
     let new = body.value.check(&st, intent.id, &intent.inputs)?;
     let key = dedup_key(&st, &rid, body.request_sha256);
-    Ok(respond(st.ledger.submit(key, Submission::Run(new)).await?))
+    let submitted = st.ledger.submit(key, Submission::Run(new)).await?;
+    announce_submitted(&st, &submitted).await;
+    Ok(respond(submitted))
 }
 
 pub(crate) async fn enqueue(
@@ -138,13 +145,52 @@ pub(crate) async fn enqueue(
     rid: RequestId,
     body: JsonBody<Enqueue>,
 ) -> ApiResult<Response> {
-    let e = body.value;
+    let key = dedup_key(&st, &rid, body.request_sha256);
+    Ok(respond(enqueue_checked(&st, body.value, key).await?))
+}
+
+/// Check an intent-and-run document, submit it, announce the new run.
+async fn enqueue_checked(st: &AppState, e: Enqueue, key: Option<DedupKey>) -> ApiResult<Submitted> {
     let intent = CreateIntent { goal: e.goal, inputs: e.inputs, constraints: e.constraints }.into_new()?;
     let run = StartRun { recipe: e.recipe, queue_partition_key: e.queue_partition_key, workload: e.workload }.check(
-        &st,
+        st,
         String::new(),
         &intent.inputs,
     )?;
-    let key = dedup_key(&st, &rid, body.request_sha256);
-    Ok(respond(st.ledger.submit(key, Submission::Enqueue(intent, run)).await?))
+    let submitted = st.ledger.submit(key, Submission::Enqueue(intent, run)).await?;
+    announce_submitted(st, &submitted).await;
+    Ok(submitted)
+}
+
+/// Submit the JSON text of an intent-and-run document (what POST /enqueue takes), for D-Bus.
+/// `request_id` makes it idempotent for `api.dedup_ttl_secs`, bound to the text's sha256.
+pub(crate) async fn submit_json(st: &AppState, text: &str, request_id: Option<String>) -> ApiResult<Submitted> {
+    let e: Enqueue = serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("intent JSON: {e}")))?;
+    let key = request_id.map(|id| DedupKey {
+        request_id: id,
+        request_sha256: machina_core::plan::sha256_hex(text.as_bytes()),
+        ttl_ms: (st.settings.api.dedup_ttl_secs * 1000) as i64,
+    });
+    enqueue_checked(st, e, key).await
+}
+
+/// Log and signal a newly submitted run (not a replay).
+async fn announce_submitted(st: &AppState, s: &Submitted) {
+    if s.replayed {
+        return;
+    }
+    let run = s.body.get("run").unwrap_or(&s.body);
+    if let (Some(id), Some(recipe)) = (run["id"].as_str(), run["recipe"].as_str()) {
+        tracing::info!(
+            message_id = machina_core::log::MSG_RUN_SUBMITTED,
+            run_id = id,
+            recipe,
+            partition = run["queuePartitionKey"].as_str().unwrap_or(""),
+            "run submitted"
+        );
+        if let Some(bus) = &st.bus {
+            let _ = machina_bus::signals::run_state_changed(bus, id, "queued").await;
+            let _ = machina_bus::signals::tasks_queued(bus, id, 1).await;
+        }
+    }
 }

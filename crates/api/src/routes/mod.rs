@@ -3,7 +3,7 @@
 mod artifacts;
 mod events;
 mod health;
-mod intents;
+pub(crate) mod intents;
 mod runs;
 
 use axum::Router;

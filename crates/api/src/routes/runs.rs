@@ -59,7 +59,9 @@ pub(crate) async fn approve(
     if let Some(sha) = a.plan_sha256.as_deref().filter(|s| !machina_ledger::is_sha256_hex(s)) {
         return Err(ApiError::invalid(format!("planSha256 {sha:?} is not 64 lowercase hex digits")));
     }
-    Ok(Json(st.ledger.approve_plan(&id, who, a.plan_sha256).await?))
+    let run = st.ledger.approve_plan(&id, who, a.plan_sha256).await?;
+    crate::bus::announce(&st, &run).await;
+    Ok(Json(run))
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +73,9 @@ pub(crate) async fn retry(
     Path(id): Path<String>,
     _b: JsonBody<Empty>,
 ) -> ApiResult<Json<RunRecord>> {
-    Ok(Json(st.ledger.retry_run(&id).await?))
+    let run = st.ledger.retry_run(&id).await?;
+    crate::bus::announce(&st, &run).await;
+    Ok(Json(run))
 }
 
 pub(crate) async fn cancel(
@@ -79,5 +83,7 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
     _b: JsonBody<Empty>,
 ) -> ApiResult<Json<RunRecord>> {
-    Ok(Json(st.ledger.cancel_run(&id).await?))
+    let run = st.ledger.cancel_run(&id).await?;
+    crate::bus::announce(&st, &run).await;
+    Ok(Json(run))
 }

@@ -27,7 +27,7 @@ pub async fn start() -> Server {
 
 pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings { state_dir: dir.path().join("state"), recipes_dir: None, ..Settings::default() };
+    let mut settings = Settings { state_dir: dir.path().join("state"), recipe_dirs: vec![], ..Settings::default() };
     settings.worker.poll_ms = 20;
     tweak(&mut settings);
     let ledger = Ledger::open(LedgerOptions::new(&settings.state_dir)).unwrap();
@@ -40,6 +40,8 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
         settings: Arc::new(settings.clone()),
         token: Arc::new(TOKEN.to_string()),
         shutdown: shutdown.clone(),
+        activity: machina_api::activity::Activity::new(),
+        bus: None,
     };
     tokio::spawn(machina_api::daemon::serve(listener, state, shutdown.clone()));
     Server { base, ledger, settings, http: reqwest::Client::new(), shutdown, dir }

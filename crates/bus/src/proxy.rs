@@ -1,0 +1,51 @@
+//! The client side of `org.machina.Manager1` (used by `machinactl`).
+//! Every method and property is also reachable with plain `busctl`; see README.md.
+
+use zbus::proxy;
+
+use crate::BusError;
+
+/// Proxy for `org.machina.Manager1` at `/org/machina/Manager1`.
+#[proxy(
+    interface = "org.machina.Manager1",
+    default_service = "org.machina.Manager1",
+    default_path = "/org/machina/Manager1"
+)]
+pub trait Manager1 {
+    /// Submit an intent (the JSON of POST /enqueue); `request_id` "" for none. Returns the run JSON.
+    fn submit_intent(&self, intent_json: &str, request_id: &str) -> Result<String, BusError>;
+    /// Start a run of `recipe` with `inputs_json` as its inputs. Returns the run JSON.
+    fn start_run(&self, recipe: &str, inputs_json: &str) -> Result<String, BusError>;
+    /// A run with its steps and tasks, as JSON.
+    fn get_run(&self, run_id: &str) -> Result<String, BusError>;
+    /// Runs, newest first, optionally only those in `status` ("" for all).
+    fn list_runs(&self, status: &str, limit: u32) -> Result<String, BusError>;
+    /// Approve a run's plan; `plan_sha256` "" approves whatever plan the run holds.
+    fn approve_plan(&self, run_id: &str, plan_sha256: &str) -> Result<String, BusError>;
+    /// Retry a failed run from its failed step.
+    fn retry_run(&self, run_id: &str) -> Result<String, BusError>;
+    /// Cancel a run.
+    fn cancel_run(&self, run_id: &str) -> Result<String, BusError>;
+    /// Stop claiming tasks in a partition.
+    fn pause_partition(&self, partition: &str) -> Result<(), BusError>;
+    /// Claim tasks in a partition again.
+    fn resume_partition(&self, partition: &str) -> Result<(), BusError>;
+    /// A run's events after sequence number `after`, as JSON.
+    fn events(&self, run_id: &str, after: u64) -> Result<String, BusError>;
+
+    /// machina's version.
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+    /// Tasks queued and not yet claimed, over all runs.
+    #[zbus(property)]
+    fn queue_depth(&self) -> zbus::Result<u64>;
+    /// Runs waiting for approval.
+    #[zbus(property)]
+    fn runs_waiting_approval(&self) -> zbus::Result<u64>;
+    /// Workers seen recently.
+    #[zbus(property)]
+    fn workers_online(&self) -> zbus::Result<u32>;
+    /// Paused partitions.
+    #[zbus(property)]
+    fn paused_partitions(&self) -> zbus::Result<Vec<String>>;
+}

@@ -1,0 +1,30 @@
+//! Journal MESSAGE_IDs of machina's key events (documented in
+//! packaging/catalog/machina.catalog, so `journalctl -x` explains them), and
+//! the names of the structured fields every line about a run carries.
+//!
+//! Log with `tracing::info!(message_id = MSG_RUN_SUBMITTED, run_id = …, "…")`;
+//! the journald layer writes fields upper-cased (`MESSAGE_ID`, `RUN_ID`) so
+//! `journalctl RUN_ID=…` finds them.
+
+/// A run was submitted.
+pub const MSG_RUN_SUBMITTED: &str = "523696ae5fc443819dcbe5074d84496f";
+/// A run's plan waits for approval.
+pub const MSG_APPROVAL_REQUIRED: &str = "bfddc75ee33648fbb2975d11f721883b";
+/// A run reached a final state (succeeded, failed, retries_exceeded, canceled).
+pub const MSG_RUN_FINISHED: &str = "a3950e52e2074e65a57b809c16e74372";
+/// A task attempt failed.
+pub const MSG_TASK_FAILED: &str = "cadcf67c66fc4a829f4b8b6a7b982564";
+/// Expired leases were taken back from a worker that stopped renewing them.
+pub const MSG_LEASE_RECLAIMED: &str = "4fa72630e8ca42bea58d8cc81a7b74d8";
+/// A daemon is ready (the API listening, a worker claiming).
+pub const MSG_SERVICE_READY: &str = "956ef59ceb80487fba47ed284bd88fa7";
+
+/// Every MESSAGE_ID with a short name, for the catalog check in tests.
+pub const ALL_MESSAGE_IDS: [(&str, &str); 6] = [
+    ("run submitted", MSG_RUN_SUBMITTED),
+    ("approval required", MSG_APPROVAL_REQUIRED),
+    ("run finished", MSG_RUN_FINISHED),
+    ("task failed", MSG_TASK_FAILED),
+    ("lease reclaimed", MSG_LEASE_RECLAIMED),
+    ("service ready", MSG_SERVICE_READY),
+];

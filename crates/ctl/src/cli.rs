@@ -1,0 +1,104 @@
+//! The command line of `machinactl` (clap derive); also the source of its man page and completions.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Control machina over D-Bus (org.machina.Manager1 on the system bus).
+#[derive(Debug, Parser)]
+#[command(name = "machinactl", version, about, long_about = None)]
+#[command(after_help = "Exit status: 0 success; 1 the run failed or was canceled (watch), or another error; \
+2 usage; 3 not found; 4 illegal state, retry drift or conflict; 5 permission denied; \
+65 invalid input or policy violation; 69 machina is not reachable on the bus.")]
+pub struct Cli {
+    /// D-Bus address to use instead of the system bus (e.g. unix:path=/run/dbus/system_bus_socket).
+    #[arg(long, global = true, env = "MACHINA_BUS_ADDRESS")]
+    pub address: Option<String>,
+    /// Output format of read commands.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How read commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable text.
+    Text,
+    /// The JSON the service returned (one document, or one event per line for watch).
+    Json,
+}
+
+/// machinactl's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit an intent (JSON as for POST /enqueue) from a file, or - for standard input.
+    Submit {
+        /// File holding the intent JSON, or - for standard input.
+        file: PathBuf,
+        /// Idempotency key: resubmitting with the same key returns the same run.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Start a run of a recipe with the given inputs.
+    Run {
+        /// Recipe name.
+        recipe: String,
+        /// An input as KEY=VALUE (VALUE parsed as JSON when it is JSON, else a string); repeatable.
+        #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
+        inputs: Vec<String>,
+    },
+    /// List runs, newest first.
+    List {
+        /// Only runs in this status (queued, compiling, waiting_input, executing, succeeded, failed…).
+        #[arg(long)]
+        status: Option<String>,
+        /// How many runs.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show a run as a readable timeline of its steps and tasks.
+    Status {
+        /// Run id.
+        run: String,
+    },
+    /// Approve a run waiting at its approval gate (you are the approver, by your user id).
+    Approve {
+        /// Run id.
+        run: String,
+        /// Bind the approval to this plan (the sha256 you reviewed); default: the run's current plan.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// Retry a failed run from its failed step.
+    Retry {
+        /// Run id.
+        run: String,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// Run id.
+        run: String,
+    },
+    /// Follow a run's events live until it finishes; exits 0 if it succeeded.
+    Watch {
+        /// Run id.
+        run: String,
+        /// Give up after this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        timeout_secs: u64,
+    },
+    /// Stop claiming new tasks in a partition (running tasks finish).
+    Pause {
+        /// Partition key.
+        partition: String,
+    },
+    /// Claim tasks in a paused partition again.
+    Resume {
+        /// Partition key.
+        partition: String,
+    },
+    /// Show the service's properties (version, queue depth, workers online…).
+    Info,
+}
