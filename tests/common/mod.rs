@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod dbus;
+
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -141,6 +143,21 @@ impl Machina {
         c.busy_timeout(Duration::from_secs(10)).unwrap();
         c.query_row(sql, [], |r| r.get(0)).unwrap()
     }
+}
+
+/// Run `machinactl --address ADDRESS ARGS…`, optionally as another user (`setpriv`).
+pub fn machinactl(address: &str, as_uid: Option<u32>, args: &[&str]) -> std::process::Output {
+    let bin = env!("CARGO_BIN_EXE_machinactl");
+    let mut cmd = match as_uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}")).arg(format!("--regid={uid}")).arg("--clear-groups").arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.arg("--address").arg(address).args(args).env_remove("MACHINA_BUS_ADDRESS");
+    cmd.stdin(Stdio::null()).output().unwrap()
 }
 
 pub fn ledger_path(state: &Path) -> PathBuf {
