@@ -1,6 +1,5 @@
 //! The `machina-worker` process.
 
-use anyhow::Context;
 use clap::Parser;
 use machina_bus::BusAddress;
 use machina_core::config::ConfigError;
@@ -39,7 +38,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let machina_daemon::Setup { settings, recipes, ledger } =
         tokio::task::spawn_blocking(move || machina_daemon::setup(paths, |_| {})).await??;
     let address = BusAddress::parse(&settings.bus.address).map_err(ConfigError)?;
-    let bus = machina_bus::connect(&address).await.with_context(|| format!("cannot connect to the {address}"))?;
+    // The bus only brings wake-ups: without it the worker still works, on its poll.
+    let bus = match machina_bus::connect(&address).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(bus = %address, "cannot connect to the bus, polling every {} ms: {e}", settings.worker.poll_ms);
+            None
+        }
+    };
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(machina_daemon::cancel_on_signal(shutdown.clone(), "finishing in-flight tasks"));
     tracing::info!(

@@ -1,0 +1,130 @@
+//! The OS files under packaging/ against the code: every MESSAGE_ID the daemons log has a
+//! catalog entry, and the D-Bus policy file does on a real dbus-daemon what it promises.
+
+mod common;
+
+use machina_core::log::ALL_MESSAGE_IDS;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn every_message_id_has_a_catalog_entry() {
+    let catalog = std::fs::read_to_string(Path::new(ROOT).join("packaging/catalog/machina.catalog")).unwrap();
+    for (what, id) in ALL_MESSAGE_IDS {
+        let header = format!("-- {id}\n");
+        let at = catalog.find(&header).unwrap_or_else(|| panic!("no catalog entry for {what} ({id})"));
+        let entry = &catalog[at + header.len()..];
+        let entry = &entry[..entry.find("\n-- ").unwrap_or(entry.len())];
+        assert!(entry.contains("Subject: ") && entry.contains("Defined-By: machina"), "{what}: {entry}");
+    }
+}
+
+/// A bus configured like the system bus (deny by default) plus machina's policy file, with
+/// one test-only rule letting root own the name (the package gives it to user machina).
+fn policy_bus(dir: &Path) -> (Child, String) {
+    let socket = dir.join("bus");
+    let policy = Path::new(ROOT).join("packaging/dbus-1/system.d/org.machina.Manager1.conf");
+    let config = format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+  </policy>
+  <include>{}</include>
+  <policy user="root"><allow own="org.machina.Manager1"/></policy>
+</busconfig>"#,
+        socket.display(),
+        policy.display()
+    );
+    std::fs::write(dir.join("bus.conf"), config).unwrap();
+    let mut child = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", dir.join("bus.conf").display()))
+        .args(["--nofork", "--nopidfile", "--print-address=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    (child, line.trim().to_string())
+}
+
+fn busctl(address: &str, uid: Option<u32>, args: &[&str]) -> std::process::Output {
+    let mut cmd = match uid {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.args([format!("--reuid={u}"), format!("--regid={u}"), "--clear-groups".into(), "busctl".into()]);
+            c
+        }
+        None => Command::new("busctl"),
+    };
+    cmd.arg(format!("--address={address}")).args(args).output().unwrap()
+}
+
+#[test]
+fn the_bus_policy_admits_readers_and_refuses_method_calls() {
+    assert!(nix::unistd::geteuid().is_root(), "this test switches to uid 65534 and needs root (CI runs as root)");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (mut daemon, address) = policy_bus(dir.path());
+    let mut m = common::Machina::new(&format!("[bus]\naddress = \"{address}\"\n"));
+    m.start_api();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let target = ["org.machina.Manager1", "/org/machina/Manager1", "org.machina.Manager1"];
+    while !busctl(&address, None, &["status", "org.machina.Manager1"]).status.success() {
+        assert!(Instant::now() < deadline, "machina-api never owned its name");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Anyone: introspect and read properties.
+    let intro = busctl(&address, Some(65534), &["introspect", target[0], target[1]]);
+    assert!(intro.status.success(), "{}", String::from_utf8_lossy(&intro.stderr));
+    assert!(String::from_utf8_lossy(&intro.stdout).contains(".ApprovePlan"));
+    let version = busctl(&address, Some(65534), &["get-property", target[0], target[1], target[2], "Version"]);
+    assert!(version.status.success(), "{}", String::from_utf8_lossy(&version.stderr));
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    // Not anyone: methods are refused by the bus itself, before machina sees them.
+    let call = busctl(&address, Some(65534), &["call", target[0], target[1], target[2], "ListRuns", "su", "", "5"]);
+    assert!(!call.status.success());
+    let err = String::from_utf8_lossy(&call.stderr);
+    assert!(err.contains("Access denied") || err.contains("Rejected send"), "{err}");
+    // Not anyone: owning the name.
+    let own = busctl(
+        &address,
+        Some(65534),
+        &[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "RequestName",
+            "su",
+            "org.machina.Manager1",
+            "4",
+        ],
+    );
+    assert!(!own.status.success(), "nobody must not own the name: {}", String::from_utf8_lossy(&own.stdout));
+    // Root: methods pass the policy (and machina's own check).
+    let root = busctl(&address, None, &["call", target[0], target[1], target[2], "ListRuns", "su", "", "5"]);
+    assert!(root.status.success(), "{}", String::from_utf8_lossy(&root.stderr));
+    drop(m);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
