@@ -73,6 +73,14 @@ fn operator_journey_over_dbus() {
 
     let listed = json_of(&machinactl(a, None, &["--output", "json", "list", "--status", "succeeded"]));
     assert!(listed["runs"].as_array().unwrap().iter().any(|r| r["id"] == run.as_str()), "{listed}");
+
+    // Verify: clean now; a tampered plan artifact is found and the exit status says so.
+    let clean = machinactl(a, None, &["verify", "--full"]);
+    assert_eq!(clean.status.code(), Some(0), "{}", String::from_utf8_lossy(&clean.stdout));
+    std::fs::write(m.state.join("artifacts").join(&plan[..2]).join(plan), b"{}").unwrap();
+    let dirty = machinactl(a, None, &["verify", "--full"]);
+    assert_eq!(dirty.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dirty.stdout).contains("artifact_corrupt"));
 }
 
 #[test]

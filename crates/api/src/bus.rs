@@ -259,6 +259,26 @@ impl Manager {
         to_json(&self.st.ledger.events(run_id, after, EVENTS_PAGE).await.map_err(ApiError::from)?)
     }
 
+    /// Check integrity: `PRAGMA quick_check`, the SQL oracles and the artifacts' bytes (all of
+    /// them when `full`, else `maintenance.verify_sample`). Returns the report as JSON; the
+    /// call succeeds either way, `violations` says what is wrong.
+    async fn verify(
+        &self,
+        full: bool,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        let _busy = self.st.activity.begin();
+        self.caller(conn, &hdr).await?;
+        let sample = if full { usize::MAX } else { self.st.settings.maintenance.verify_sample };
+        let report = self.st.ledger.verify(sample).await.map_err(ApiError::from)?;
+        for v in &report.violations {
+            tracing::error!(message_id = machina_core::log::MSG_VERIFY_FAILED, check = %v.check,
+                "integrity violation: {}: {}", v.check, v.detail);
+        }
+        to_json(&report)
+    }
+
     /// machina's version.
     #[zbus(property)]
     fn version(&self) -> String {

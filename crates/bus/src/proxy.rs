@@ -32,6 +32,8 @@ pub trait Manager1 {
     fn resume_partition(&self, partition: &str) -> Result<(), BusError>;
     /// A run's events after sequence number `after`, as JSON.
     fn events(&self, run_id: &str, after: u64) -> Result<String, BusError>;
+    /// Check the ledger's integrity (all artifacts when `full`, else the configured sample); JSON report.
+    fn verify(&self, full: bool) -> Result<String, BusError>;
 
     /// machina's version.
     #[zbus(property)]

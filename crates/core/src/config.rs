@@ -34,6 +34,8 @@ pub struct Settings {
     pub tools: ToolSettings,
     /// D-Bus.
     pub bus: BusSettings,
+    /// The hourly maintenance run.
+    pub maintenance: MaintenanceSettings,
     /// Which task failures are retried.
     pub retry: RetryPolicy,
 }
@@ -47,6 +49,7 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             tools: ToolSettings::default(),
             bus: BusSettings::default(),
+            maintenance: MaintenanceSettings::default(),
             retry: RetryPolicy::default(),
         }
     }
@@ -99,6 +102,26 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self { lease_secs: 30, poll_ms: 1000, output_cap_bytes: 1024 * 1024 }
+    }
+}
+
+/// Maintenance settings (machina-maintain).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceSettings {
+    /// Finished runs are pruned this many days after they last changed (0 keeps them forever).
+    pub run_retention_days: u64,
+    /// Unreferenced artifacts are collected only when not stored for this long.
+    pub artifact_grace_secs: u64,
+    /// Artifacts hashed per verification; a larger store is covered by a rotating window.
+    pub verify_sample: usize,
+    /// Workers that have not checked in for this long are forgotten.
+    pub worker_gone_secs: u64,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        Self { run_retention_days: 30, artifact_grace_secs: 3600, verify_sample: 10_000, worker_gone_secs: 86_400 }
     }
 }
 
@@ -204,6 +227,12 @@ impl Settings {
         }
         if self.api.body_limit_bytes < 1024 {
             return bad("api.body_limit_bytes must be at least 1024");
+        }
+        if self.maintenance.verify_sample == 0 {
+            return bad("maintenance.verify_sample must be at least 1");
+        }
+        if self.maintenance.artifact_grace_secs < 60 {
+            return bad("maintenance.artifact_grace_secs must be at least 60 (writers store before they reference)");
         }
         if self.bus.address.is_empty() {
             return bad("bus.address must be \"system\", \"none\" or a D-Bus address");

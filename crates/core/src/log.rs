@@ -19,12 +19,31 @@ pub const MSG_LEASE_RECLAIMED: &str = "4fa72630e8ca42bea58d8cc81a7b74d8";
 /// A daemon is ready (the API listening, a worker claiming).
 pub const MSG_SERVICE_READY: &str = "956ef59ceb80487fba47ed284bd88fa7";
 
+/// A snapshot of the state was created.
+pub const MSG_SNAPSHOT_CREATED: &str = "9417ff7a8d284f84be4399e425e66997";
+/// Snapshots were deleted by retention.
+pub const MSG_SNAPSHOT_PRUNED: &str = "91f25fb6645b48d7886304980c82b008";
+/// A snapshot could not be created (or pruned).
+pub const MSG_SNAPSHOT_FAILED: &str = "2677aa2448a44e93981f014ab0c8635e";
+/// The state was restored from a snapshot.
+pub const MSG_SNAPSHOT_RESTORED: &str = "2d4549c47a7b4f77886cba85ef431303";
+/// Maintenance finished (expired, reclaimed, pruned, checkpointed).
+pub const MSG_MAINTENANCE_DONE: &str = "2fec123bbd9c41ae98a22191ab306471";
+/// Integrity verification found a violation.
+pub const MSG_VERIFY_FAILED: &str = "57331a3d5d914c4e990f8b4422bc8af5";
+
 /// Every MESSAGE_ID with a short name, for the catalog check in tests.
-pub const ALL_MESSAGE_IDS: [(&str, &str); 6] = [
+pub const ALL_MESSAGE_IDS: [(&str, &str); 12] = [
     ("run submitted", MSG_RUN_SUBMITTED),
     ("approval required", MSG_APPROVAL_REQUIRED),
     ("run finished", MSG_RUN_FINISHED),
     ("task failed", MSG_TASK_FAILED),
     ("lease reclaimed", MSG_LEASE_RECLAIMED),
     ("service ready", MSG_SERVICE_READY),
+    ("snapshot created", MSG_SNAPSHOT_CREATED),
+    ("snapshots pruned", MSG_SNAPSHOT_PRUNED),
+    ("snapshot failed", MSG_SNAPSHOT_FAILED),
+    ("snapshot restored", MSG_SNAPSHOT_RESTORED),
+    ("maintenance done", MSG_MAINTENANCE_DONE),
+    ("verify failed", MSG_VERIFY_FAILED),
 ];

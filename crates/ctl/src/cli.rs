@@ -101,4 +101,10 @@ pub enum Command {
     },
     /// Show the service's properties (version, queue depth, workers online…).
     Info,
+    /// Check the ledger's integrity; exits 1 if anything is wrong.
+    Verify {
+        /// Hash every artifact, not just the configured sample.
+        #[arg(long)]
+        full: bool,
+    },
 }

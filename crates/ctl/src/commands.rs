@@ -67,6 +67,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Info => info(&proxy, out).await,
+        Command::Verify { full } => {
+            let json = proxy.verify(full).await?;
+            print_doc(out, &json, render::verify)?;
+            let report: Value = serde_json::from_str(&json).unwrap_or_default();
+            let clean = report["violations"].as_array().is_some_and(Vec::is_empty);
+            Ok(if clean { exit::OK } else { exit::FAILED })
+        }
     }
 }
 

@@ -149,6 +149,21 @@ pub fn progress(d: &Value) -> String {
     )
 }
 
+/// A verification report.
+pub fn verify(v: &Value) -> String {
+    let violations = v["violations"].as_array().cloned().unwrap_or_default();
+    let mut out = format!(
+        "{} of {} artifacts hashed; {} violation(s)\n",
+        v["artifactsChecked"],
+        v["artifactsTotal"],
+        violations.len()
+    );
+    for x in &violations {
+        let _ = writeln!(out, "  {}: {}", s(&x["check"]), s(&x["detail"]));
+    }
+    out
+}
+
 /// The service's properties.
 pub fn info(v: &Value) -> String {
     let paused: Vec<&str> = v["pausedPartitions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();

@@ -48,11 +48,23 @@ impl ArtifactStore {
     /// Temp file, fsync, rename, fsync of the directory: after this returns the
     /// artifact survives a crash, and a reader never sees a partial file.
     pub fn put(&self, bytes: &[u8]) -> Result<String> {
-        let sha = hex::encode(Sha256::digest(bytes));
+        let sha = Self::sha_of(bytes);
+        self.put_hashed(&sha, bytes)?;
+        Ok(sha)
+    }
+
+    /// The name `bytes` are stored under.
+    pub fn sha_of(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// Store `bytes` already known to hash to `sha` (see [`put`](Self::put)).
+    pub fn put_hashed(&self, sha: &str, bytes: &[u8]) -> Result<()> {
+        let sha = sha.to_string();
         let dir = self.root.join(&sha[..2]);
         let dest = dir.join(&sha);
         if dest.exists() {
-            return Ok(sha);
+            return Ok(());
         }
         let tmp = self.root.join("tmp").join(format!("{sha}.{}", uuid::Uuid::now_v7().simple()));
         let write = || -> std::io::Result<()> {
@@ -66,7 +78,7 @@ impl ArtifactStore {
             let _ = fs::remove_file(&tmp);
             LedgerError::from(e)
         })?;
-        Ok(sha)
+        Ok(())
     }
 
     /// Read the artifact and check its hash.

@@ -20,8 +20,11 @@ const AUTOCHECKPOINT_BACKSTOP_PAGES: i64 = 50_000;
 const STATEMENT_CACHE: usize = 256;
 
 /// The numbered migrations; schema version N is the first N applied.
-const MIGRATION_SQL: &[&str] =
-    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_workers.sql")];
+const MIGRATION_SQL: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_workers.sql"),
+    include_str!("../migrations/0003_maintenance.sql"),
+];
 
 /// Schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATION_SQL.len() as i64;

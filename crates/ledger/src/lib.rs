@@ -18,6 +18,7 @@ mod db;
 mod dedup;
 mod error;
 mod fleet;
+mod maintain;
 mod model;
 mod queries;
 mod runs;
@@ -25,7 +26,7 @@ mod tasks;
 mod writer;
 
 use machina_core::{Clock, ErrCode, RetryPolicy, SystemClock};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +35,7 @@ pub use db::{BUSY_TIMEOUT_MS, Durability, Pragmas, SCHEMA_VERSION};
 pub use dedup::{DedupKey, Submission, Submitted};
 pub use error::{LedgerError, Result};
 pub use fleet::Overview;
+pub use maintain::{PruneReport, VerifyReport, Violation};
 pub use model::*;
 pub use queries::RunFilter;
 pub use runs::{CompiledPlan, NewIntent, NewRun};
@@ -261,6 +263,79 @@ impl Ledger {
         self.read(move |c, now| fleet::overview(c, now - online_window_ms)).await
     }
 
+    /// Delete expired dedup entries and workers not seen for `worker_gone_ms`; returns
+    /// (dedup entries, workers) removed.
+    pub async fn expire(&self, worker_gone_ms: i64) -> Result<(u64, u64)> {
+        self.writer
+            .write(move |c, now| {
+                Ok((maintain::expire_dedup(c, now)?, maintain::forget_workers(c, now - worker_gone_ms)?))
+            })
+            .await
+    }
+
+    /// Remove finished runs last updated more than `run_retention_ms` ago (with their history,
+    /// in short transactions), intents left without runs, and artifacts nothing references
+    /// that were not stored in the last `artifact_grace_ms`.
+    pub async fn prune(&self, run_retention_ms: i64, artifact_grace_ms: i64) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        loop {
+            let n = self.writer.write(move |c, now| maintain::prune_runs(c, now - run_retention_ms)).await?;
+            report.runs += n;
+            if n < maintain::PRUNE_BATCH_RUNS as u64 {
+                break;
+            }
+        }
+        report.intents = self.writer.write(move |c, now| maintain::prune_intents(c, now - run_retention_ms)).await?;
+        let store = self.artifacts.clone();
+        let (count, bytes) =
+            self.writer.write(move |c, now| maintain::prune_artifacts(c, &store, now - artifact_grace_ms)).await?;
+        (report.artifacts, report.artifact_bytes) = (count, bytes);
+        Ok(report)
+    }
+
+    /// Check integrity: `PRAGMA quick_check`, the SQL oracles (no receipt seen twice, no task
+    /// key twice, artifact names, run counters) and artifact bytes against their names — all
+    /// of them up to `sample`, else a rotating window of `sample` per call.
+    pub async fn verify(&self, sample: usize) -> Result<VerifyReport> {
+        let store = self.artifacts.clone();
+        let cursor: String = self
+            .read(|c, _| {
+                Ok(c.prepare_cached("SELECT value FROM meta WHERE key = 'verify_cursor'")?
+                    .query_row([], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or_default())
+            })
+            .await?;
+        let (report, next) = self.read(move |c, _| maintain::verify(c, &store, sample.max(1), &cursor)).await?;
+        self.writer
+            .write(move |c, _| {
+                c.prepare_cached(
+                    "INSERT INTO meta(key, value) VALUES ('verify_cursor', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute([&next])?;
+                Ok(())
+            })
+            .await?;
+        Ok(report)
+    }
+
+    /// Checkpoint the WAL into the database and truncate it (`PRAGMA wal_checkpoint(TRUNCATE)`),
+    /// then `PRAGMA optimize`. Returns (busy, wal frames, frames checkpointed).
+    pub async fn checkpoint_and_optimize(&self) -> Result<(i64, i64, i64)> {
+        // Its own read-write connection: the readers are query-only, and the writer's
+        // connection is always inside a transaction, where a checkpoint cannot run.
+        let (path, durability) = (self.readers.path.clone(), self.readers.durability);
+        tokio::task::spawn_blocking(move || {
+            let c = db::open_connection(&path, durability)?;
+            let r = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            c.execute_batch("PRAGMA optimize")?;
+            Ok(r)
+        })
+        .await
+        .map_err(|e| LedgerError::Io(format!("checkpoint task failed: {e}")))?
+    }
+
     /// Counts for metrics.
     pub async fn stats(&self) -> Result<Stats> {
         self.read(queries::stats).await
@@ -384,13 +459,22 @@ impl Ledger {
 
     /// Store bytes as an artifact (file first, then its row); returns the sha256.
     pub async fn put_artifact(&self, bytes: Vec<u8>, media_type: &str) -> Result<String> {
-        let store = self.artifacts.clone();
+        // The row is registered (or touched) before the file is written: garbage collection
+        // deletes files inside its own write transaction and skips recently touched rows, so
+        // it can never remove a file this put relies on.
         let size = bytes.len() as i64;
-        let sha = tokio::task::spawn_blocking(move || store.put(&bytes))
-            .await
-            .map_err(|e| LedgerError::Io(format!("artifact writer failed: {e}")))??;
+        let (bytes, sha) = tokio::task::spawn_blocking(move || {
+            let sha = ArtifactStore::sha_of(&bytes);
+            (bytes, sha)
+        })
+        .await
+        .map_err(|e| LedgerError::Io(format!("artifact hasher failed: {e}")))?;
         let (s, media) = (sha.clone(), media_type.to_string());
         self.writer.write(move |c, now| tasks::register_artifact(c, &s, size, &media, now)).await?;
+        let (store, s) = (self.artifacts.clone(), sha.clone());
+        tokio::task::spawn_blocking(move || store.put_hashed(&s, &bytes))
+            .await
+            .map_err(|e| LedgerError::Io(format!("artifact writer failed: {e}")))??;
         Ok(sha)
     }
 

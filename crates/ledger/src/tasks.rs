@@ -13,8 +13,8 @@ use crate::runs::{
 
 pub(crate) fn register_artifact(c: &Connection, sha: &str, size: i64, media_type: &str, now: i64) -> Result<()> {
     c.prepare_cached(
-        "INSERT INTO artifacts(sha256, size, media_type, created_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(sha256) DO NOTHING",
+        "INSERT INTO artifacts(sha256, size, media_type, created_at, touched_at) VALUES (?1, ?2, ?3, ?4, ?4)
+         ON CONFLICT(sha256) DO UPDATE SET touched_at = excluded.touched_at",
     )?
     .execute(params![sha, size, media_type, now])?;
     Ok(())

@@ -1,0 +1,1 @@
+//! machina-snapshot: snapshots of machina's state directory (placeholder; being written).

@@ -1,0 +1,5 @@
+//! machina-maintain: the hourly maintenance run (see crates/maintain).
+
+fn main() -> std::process::ExitCode {
+    machina_maintain::main()
+}
