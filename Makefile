@@ -1,7 +1,7 @@
 # machina — the two commands (see README.md) and helpers.
 CARGO ?= cargo
 
-.PHONY: demo test deps build lint bench
+.PHONY: demo test deps build lint bench deb selinux system-test unit-test
 
 deps:
 	scripts/install-deps.sh
@@ -13,9 +13,25 @@ build: deps
 demo: build
 	scripts/demo.sh
 
-## The whole test suite.
-test: deps
+## The whole test suite: unit and integration tests, the SELinux module's checks, and the
+## system test (the .deb in a booted systemd).
+test: deps unit-test selinux system-test
+
+## Unit and integration tests (real processes, private dbus-daemon, loop-mounted btrfs as root).
+unit-test: deps
 	$(CARGO) test --workspace --all-targets
+
+## Debian packages into target/deb/ (lintian-checked).
+deb: deps
+	scripts/build-deb.sh
+
+## Compile the SELinux policy module and check it against Debian's reference policy.
+selinux: deps
+	$(MAKE) -C selinux check
+
+## Boot systemd in nspawn and walk the operator journey against the packages.
+system-test: deb
+	tests/system/run.sh
 
 lint:
 	$(CARGO) fmt --all --check
