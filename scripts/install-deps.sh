@@ -2,7 +2,16 @@
 # Install what building, the demo and the tests need on Debian 12 (idempotent).
 # Rust itself comes from the machine's toolchain (rustup); everything else from apt.
 set -euo pipefail
-PACKAGES=(curl jq pkg-config ca-certificates python3 wrk)
+PACKAGES=(
+    curl jq pkg-config ca-certificates python3 wrk
+    # tests: a private dbus-daemon, setpriv (another uid), systemd-socket-activate
+    dbus util-linux systemd
+    # make deb
+    debhelper dpkg-dev fakeroot lintian libxml2-utils
+    # make selinux: compile the module and check it against Debian's reference policy
+    selinux-policy-dev selinux-policy-default selint python3-selinux python3-setools
+    semodule-utils policycoreutils checkpolicy
+)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
