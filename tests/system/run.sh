@@ -280,6 +280,10 @@ step_idle_exit() {
     api GET /health
     check "GET /health brings it back (HTTP $API_CODE)" test "$API_CODE" = 200
     check "machina-api.service active again" ct systemctl is-active -q machina-api.service
+    # Idle again; this time a D-Bus call is what brings it back (bus activation).
+    check "it stops again when idle" wait_until $((IDLE_EXIT_SECS + 25)) "idle exit" api_stopped
+    CT_TIMEOUT=30 check "machinactl info (D-Bus) activates it" show ct runuser -u alice -- machinactl info
+    check "machina-api.service active after the D-Bus call" ct systemctl is-active -q machina-api.service
 }
 
 step_security() {
