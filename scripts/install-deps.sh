@@ -6,6 +6,8 @@ PACKAGES=(
     curl jq pkg-config ca-certificates python3 wrk
     # tests: a private dbus-daemon, setpriv (another uid), systemd-socket-activate
     dbus util-linux systemd
+    # snapshots: libbtrfsutil (bindings generated with libclang), btrfs-progs for the loop-device tests
+    libbtrfsutil-dev libclang-dev btrfs-progs
     # make deb
     debhelper dpkg-dev fakeroot lintian libxml2-utils
     # make selinux: compile the module and check it against Debian's reference policy

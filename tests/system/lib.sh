@@ -14,7 +14,7 @@
 ST_SUITE=${ST_SUITE:-bookworm}
 # Bump when the way the image is built changes (part of the cache key).
 ST_ROOTFS_FORMAT=1
-ST_PACKAGES=(systemd systemd-sysv dbus libc6 curl jq ca-certificates procps sqlite3)
+ST_PACKAGES=(systemd systemd-sysv dbus libc6 libbtrfsutil1 curl jq ca-certificates procps sqlite3)
 ST_MACHINE=machina-st
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive SYSTEMD_PAGER='' SYSTEMD_COLORS=0

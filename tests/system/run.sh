@@ -332,6 +332,30 @@ step_maintenance() {
     CT_TIMEOUT=60 check "machinactl verify --full exits 0 (alice)" show ct runuser -u alice -- machinactl verify --full
 }
 
+step_snapshot() {
+    need RUN1
+    local timers out id
+    timers=$(ct systemctl list-timers --all --no-pager --no-legend 'machina*' 2>&1 || true)
+    check "machina-snapshot.timer is scheduled" grep -q 'machina-snapshot.timer' <<<"$timers"
+    check "both timers are active" ct systemctl is-active --quiet machina-snapshot.timer machina-maintain.timer
+    CT_TIMEOUT=120 check "systemctl start machina-snapshot.service succeeds" show ct systemctl start machina-snapshot.service
+    check "the snapshot was logged (MESSAGE_ID created)" \
+        test -n "$(ct journalctl --no-pager -q -o cat -u machina-snapshot.service MESSAGE_ID=9417ff7a8d284f84be4399e425e66997)"
+    out=$(CT_TIMEOUT=60 ct machinactl --output json snapshot list 2>&1) || true
+    id=$(jq -r '[.[] | select(.kind == "scheduled")][0].id // empty' <<<"$out" 2>/dev/null || true)
+    check "machinactl snapshot list shows the scheduled snapshot ($id)" test -n "$id"
+    CT_TIMEOUT=60 check "a second run the same day creates nothing and exits 0" \
+        show ct systemctl start machina-snapshot.service
+    check "still one scheduled snapshot" \
+        test "$(ct machinactl --output json snapshot list | jq '[.[] | select(.kind == "scheduled")] | length')" = 1
+    # Restore refuses while machina runs, then with --stop swaps the state and starts machina again.
+    check "restore without --stop is refused while machina runs" sh -c "! ct machinactl snapshot restore $id >/dev/null 2>&1"
+    CT_TIMEOUT=120 check "machinactl snapshot restore --stop succeeds" show ct machinactl snapshot restore "$id" --stop
+    check "workers run again after the restore" ct systemctl is-active --quiet machina-worker@1 machina-worker@2
+    api GET "/runs/$RUN1"
+    check "the snapshotted run is there after the restore (HTTP $API_CODE)" test "$API_CODE" = 200
+}
+
 step_purge() {
     need INSTALLED
     local uid; uid=$(ct id -u machina)
@@ -365,7 +389,7 @@ log "steps"
 STEPS=(
     "install|step_install" "config|step_config" "enable|step_enable" "submit|step_submit"
     "approve-dbus|step_approve" "machinactl-watch|step_watch" "journal|step_journal"
-    "catalog|step_catalog" "kill-worker|step_kill" "maintenance|step_maintenance" "idle-exit|step_idle_exit"
+    "catalog|step_catalog" "kill-worker|step_kill" "maintenance|step_maintenance" "snapshot|step_snapshot" "idle-exit|step_idle_exit"
     "security|step_security" "purge|step_purge"
 )
 i=0

@@ -36,6 +36,8 @@ pub struct Settings {
     pub bus: BusSettings,
     /// The hourly maintenance run.
     pub maintenance: MaintenanceSettings,
+    /// Snapshots of the state directory (machina-snapshot).
+    pub snapshot: SnapshotSettings,
     /// Which task failures are retried.
     pub retry: RetryPolicy,
 }
@@ -50,6 +52,7 @@ impl Default for Settings {
             tools: ToolSettings::default(),
             bus: BusSettings::default(),
             maintenance: MaintenanceSettings::default(),
+            snapshot: SnapshotSettings::default(),
             retry: RetryPolicy::default(),
         }
     }
@@ -122,6 +125,30 @@ pub struct MaintenanceSettings {
 impl Default for MaintenanceSettings {
     fn default() -> Self {
         Self { run_retention_days: 30, artifact_grace_secs: 3600, verify_sample: 10_000, worker_gone_secs: 86_400 }
+    }
+}
+
+/// Snapshot settings (machina-snapshot; parsed further by the snapshot crate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSettings {
+    /// Where snapshots live; beside the state directory, never inside it
+    /// (default: `<state_dir>-snapshots`, i.e. /var/lib/machina-snapshots).
+    pub dir: Option<PathBuf>,
+    /// `"auto"` (btrfs when the state directory is a btrfs subvolume, else a consistent copy),
+    /// `"btrfs"` or `"copy"`; a forced backend that cannot work is an error, never a silent switch.
+    pub backend: String,
+    /// `"daily"` or `"weekly"`: at most one scheduled snapshot per local calendar day (or week).
+    pub cadence: String,
+    /// Scheduled snapshots kept (the newest).
+    pub keep_scheduled: usize,
+    /// Manual and pre-restore snapshots kept (the newest); pinned ones are never deleted.
+    pub keep_manual: usize,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        Self { dir: None, backend: "auto".into(), cadence: "daily".into(), keep_scheduled: 5, keep_manual: 10 }
     }
 }
 
@@ -227,6 +254,15 @@ impl Settings {
         }
         if self.api.body_limit_bytes < 1024 {
             return bad("api.body_limit_bytes must be at least 1024");
+        }
+        if !["auto", "btrfs", "copy"].contains(&self.snapshot.backend.as_str()) {
+            return bad("snapshot.backend must be \"auto\", \"btrfs\" or \"copy\"");
+        }
+        if !["daily", "weekly"].contains(&self.snapshot.cadence.as_str()) {
+            return bad("snapshot.cadence must be \"daily\" or \"weekly\"");
+        }
+        if self.snapshot.keep_scheduled == 0 || self.snapshot.keep_manual == 0 {
+            return bad("snapshot.keep_scheduled and snapshot.keep_manual must be at least 1");
         }
         if self.maintenance.verify_sample == 0 {
             return bad("maintenance.verify_sample must be at least 1");

@@ -101,10 +101,75 @@ pub enum Command {
     },
     /// Show the service's properties (version, queue depth, workers online…).
     Info,
+    /// Snapshots of the state directory (runs machina-snapshot as you; needs root).
+    Snapshot {
+        /// What to do with snapshots.
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Check the ledger's integrity; exits 1 if anything is wrong.
     Verify {
         /// Hash every artifact, not just the configured sample.
         #[arg(long)]
         full: bool,
     },
+}
+
+/// `machinactl snapshot …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SnapshotCommand {
+    /// List snapshots, oldest first, with the active backend.
+    List,
+    /// Take a manual snapshot now (kept apart from the daily ones).
+    Create {
+        /// A label to recognise it by.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Keep a snapshot whatever retention says.
+    Pin {
+        /// Snapshot id.
+        id: String,
+    },
+    /// Let retention delete a snapshot again.
+    Unpin {
+        /// Snapshot id.
+        id: String,
+    },
+    /// Delete a snapshot (unpin it first if pinned).
+    Delete {
+        /// Snapshot id.
+        id: String,
+    },
+    /// Replace the state with a snapshot's (the replaced state becomes a snapshot).
+    Restore {
+        /// Snapshot id.
+        id: String,
+        /// Stop the running machina units first and start them again afterwards
+        /// (without it, a running machina is refused).
+        #[arg(long)]
+        stop: bool,
+    },
+}
+
+impl SnapshotCommand {
+    /// The machina-snapshot arguments for this command.
+    pub fn to_args(&self) -> Vec<String> {
+        let one = |verb: &str, id: &str| vec![verb.to_string(), id.to_string()];
+        match self {
+            Self::List => vec!["list".into()],
+            Self::Create { label: None } => vec!["create".into()],
+            Self::Create { label: Some(l) } => vec!["create".into(), "--label".into(), l.clone()],
+            Self::Pin { id } => one("pin", id),
+            Self::Unpin { id } => one("unpin", id),
+            Self::Delete { id } => one("delete", id),
+            Self::Restore { id, stop } => {
+                let mut v = one("restore", id);
+                if *stop {
+                    v.push("--stop".into());
+                }
+                v
+            }
+        }
+    }
 }

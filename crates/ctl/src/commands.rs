@@ -21,6 +21,9 @@ type Result<T> = std::result::Result<T, CtlError>;
 
 /// Run the command; the exit status comes back on success too (watch of a failed run is 1).
 pub async fn run(cli: Cli) -> Result<u8> {
+    if let Command::Snapshot { command } = &cli.command {
+        return snapshot(command, cli.output);
+    }
     let address = match cli.address.as_deref() {
         None => BusAddress::System,
         Some(a) => BusAddress::parse(a).map_err(|e| CtlError::new(2, e))?,
@@ -67,6 +70,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Info => info(&proxy, out).await,
+        Command::Snapshot { .. } => unreachable!("handled before connecting"),
         Command::Verify { full } => {
             let json = proxy.verify(full).await?;
             print_doc(out, &json, render::verify)?;
@@ -75,6 +79,31 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(if clean { exit::OK } else { exit::FAILED })
         }
     }
+}
+
+/// Where `machinactl snapshot` finds machina-snapshot: `MACHINA_SNAPSHOT_BIN`, else beside
+/// this executable (a source tree), else the installed path.
+fn snapshot_binary() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("MACHINA_SNAPSHOT_BIN") {
+        return p.into();
+    }
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("machina-snapshot")));
+    beside.filter(|p| p.is_file()).unwrap_or_else(|| "/usr/libexec/machina/machina-snapshot".into())
+}
+
+/// Snapshots are root's business (btrfs subvolumes, swapping the state): run machina-snapshot
+/// as the caller, and pass its exit status on.
+fn snapshot(command: &crate::cli::SnapshotCommand, out: Output) -> Result<u8> {
+    let bin = snapshot_binary();
+    let mut cmd = std::process::Command::new(&bin);
+    if out == Output::Json {
+        cmd.arg("--json");
+    }
+    let status = cmd
+        .args(command.to_args())
+        .status()
+        .map_err(|e| CtlError::new(exit::UNAVAILABLE, format!("cannot run {}: {e}", bin.display())))?;
+    Ok(status.code().map_or(exit::FAILED, |c| c.clamp(0, 255) as u8))
 }
 
 fn read_intent(file: &Path) -> Result<String> {

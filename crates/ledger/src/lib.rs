@@ -135,8 +135,7 @@ impl Ledger {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|e| LedgerError::Io(format!("cannot create state directory {}: {e}", opts.state_dir.display())))?;
         let path = opts.state_dir.join(LEDGER_FILE);
-        let mut conn = db::open_connection(&path, opts.durability)?;
-        db::migrate(&mut conn, &path, machina_core::APP_VERSION)?;
+        let conn = Self::open_migrated(&path, opts.durability)?;
         let artifacts = ArtifactStore::open(&opts.state_dir.join(ARTIFACTS_DIR))?;
         let pragmas = db::read_pragmas(&conn)?;
         let (writer, thread) = writer::WriterHandle::spawn(conn, opts.clock.clone())?;
@@ -152,6 +151,27 @@ impl Ledger {
             clock: opts.clock,
             retry: Arc::new(opts.retry),
         })
+    }
+
+    /// Open the file and bring its schema up to date. SQLite answers some lock conflicts of
+    /// several processes creating the same file at once (switching a new file to WAL) with an
+    /// immediate SQLITE_BUSY rather than through the busy handler: those are retried.
+    fn open_migrated(path: &Path, durability: Durability) -> Result<Connection> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(db::BUSY_TIMEOUT_MS);
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            let attempt = db::open_connection(path, durability).and_then(|mut c| {
+                db::migrate(&mut c, path, machina_core::APP_VERSION)?;
+                Ok(c)
+            });
+            match attempt {
+                Err(LedgerError::Busy) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The ledger file's path.
