@@ -226,17 +226,20 @@ impl Drop for ChildGuard {
 /// On SIGINT/SIGTERM/SIGHUP: kill the children, remove the temp directories, exit 130.
 fn install_signal_handler() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<std::io::Result<()>>(1);
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         rt.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
-            let (mut int, mut term, mut hup) = match (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-                signal(SignalKind::hangup()),
-            ) {
-                (Ok(i), Ok(t), Ok(h)) => (i, t, h),
-                (i, t, h) => {
-                    eprintln!("wake-latency: cannot handle signals: {:?} {:?} {:?}", i.err(), t.err(), h.err());
+            let handlers = (|| {
+                Ok((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?, signal(SignalKind::hangup())?))
+            })();
+            let (mut int, mut term, mut hup) = match handlers {
+                Ok(h) => {
+                    let _ = ready_tx.send(Ok(()));
+                    h
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
@@ -259,7 +262,7 @@ fn install_signal_handler() -> Result<()> {
             std::process::exit(130);
         });
     })?;
-    Ok(())
+    ready_rx.recv().map_err(|_| anyhow!("the signal thread died"))?.context("cannot handle signals")
 }
 
 /// A loopback port that was free a moment ago.
