@@ -19,7 +19,7 @@ test: deps unit-test selinux system-test
 
 ## Unit and integration tests (real processes, private dbus-daemon, loop-mounted btrfs as root).
 unit-test: deps
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --all-targets --no-fail-fast
 
 ## Debian packages into target/deb/ (lintian-checked).
 deb: deps

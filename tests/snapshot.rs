@@ -75,3 +75,74 @@ fn snapshot_then_restore_brings_back_exactly_the_snapshotted_state() {
     assert_ne!(code, Some(0));
     assert!(err.contains("no-such-snapshot"), "{err}");
 }
+
+/// The D-Bus snapshot methods, through the request channel: a thread stands in for
+/// machina-snapshot-requests.path and runs `machina-snapshot serve-requests` when a request appears.
+#[test]
+fn snapshot_methods_over_dbus_go_through_the_request_channel() {
+    let bus = common::dbus::PrivateBus::start();
+    let requests = tempfile::tempdir().unwrap();
+    let m = Machina::new(&format!(
+        "[bus]\naddress = \"{}\"\n[snapshot]\nbackend = \"copy\"\nrequest_dir = \"{}\"\n",
+        bus.address,
+        requests.path().display()
+    ));
+    let mut m = m;
+    m.start_api();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let (stop, dir, conf, state) =
+            (stop.clone(), requests.path().to_path_buf(), m.dir.path().join("config.d"), m.state.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let queued = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".request"));
+                if queued {
+                    let st = Command::new(env!("CARGO_BIN_EXE_machina-snapshot"))
+                        .arg("--config-dir")
+                        .arg(&conf)
+                        .arg("--state-dir")
+                        .arg(&state)
+                        .args(["serve-requests", "--requests"])
+                        .arg(&dir)
+                        .env("MACHINA_LOG_TARGET", "stderr")
+                        .env("MACHINA_LOG", "warn")
+                        .status()
+                        .unwrap();
+                    assert!(st.success());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let call = |args: &[&str]| {
+        let out = Command::new("busctl")
+            .arg(format!("--address={}", bus.address))
+            .args(["--json=short", "call", "org.machina.Manager1", "/org/machina/Manager1", "org.machina.Manager1"])
+            .args(args)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let doc = v["data"][0].as_str().map(|s| serde_json::from_str::<Value>(s).unwrap()).unwrap_or(Value::Null);
+        (out.status.success(), doc, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, created, err) = call(&["CreateSnapshot", "s", "from dbus"]);
+    assert!(ok, "{err}");
+    assert_eq!(created["outcome"], "created", "{created}");
+    let id = created["snapshot"]["id"].as_str().unwrap().to_string();
+    let (ok, listed, _) = call(&["ListSnapshots"]);
+    assert!(ok);
+    assert_eq!(listed[0]["label"], "from dbus", "{listed}");
+    let pinned = call(&["PinSnapshot", "sb", &id, "true"]);
+    assert!(pinned.0, "{pinned:?}");
+    let (ok, _, err) = call(&["DeleteSnapshot", "s", &id]);
+    assert!(!ok && err.contains("pinned"), "a pinned snapshot must not be deleted: {err}");
+    assert!(call(&["PinSnapshot", "sb", &id, "false"]).0);
+    assert!(call(&["DeleteSnapshot", "s", &id]).0);
+    let (ok, _, err) = call(&["DeleteSnapshot", "s", "no-such-snapshot"]);
+    assert!(!ok && err.contains("no-such-snapshot"), "{err}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().unwrap();
+}

@@ -9,6 +9,7 @@
 //! its uid as the bus daemon reports it — never an argument.
 
 use machina_bus::{BusError, signals};
+use machina_core::snapshot_request::SnapshotOp;
 use machina_ledger::{RunFilter, RunRecord};
 use serde_json::{Value, json};
 use zbus::message::Header;
@@ -279,6 +280,47 @@ impl Manager {
         to_json(&report)
     }
 
+    /// Snapshots of the state, oldest first (JSON), from the snapshot service.
+    async fn list_snapshots(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        self.snapshot_op(conn, &hdr, SnapshotOp::List).await
+    }
+
+    /// Take a manual snapshot now (label "" for none); returns the outcome (JSON).
+    async fn create_snapshot(
+        &self,
+        label: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        let label = (!label.is_empty()).then(|| label.to_string());
+        self.snapshot_op(conn, &hdr, SnapshotOp::Create { label }).await
+    }
+
+    /// Pin (never deleted by retention) or unpin a snapshot.
+    async fn pin_snapshot(
+        &self,
+        id: &str,
+        pinned: bool,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        self.snapshot_op(conn, &hdr, SnapshotOp::Pin { snapshot: id.to_string(), pinned }).await
+    }
+
+    /// Delete a snapshot (not a pinned one).
+    async fn delete_snapshot(
+        &self,
+        id: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        self.snapshot_op(conn, &hdr, SnapshotOp::Delete { snapshot: id.to_string() }).await
+    }
+
     /// machina's version.
     #[zbus(property)]
     fn version(&self) -> String {
@@ -311,6 +353,12 @@ impl Manager {
 }
 
 impl Manager {
+    async fn snapshot_op(&self, conn: &Connection, hdr: &Header<'_>, op: SnapshotOp) -> Result<String, BusError> {
+        let _busy = self.st.activity.begin();
+        let caller = self.caller(conn, hdr).await?;
+        crate::snapshots::ask(self.st.settings.snapshot.request_dir.clone(), &caller.user, op).await
+    }
+
     async fn overview(&self) -> zbus::fdo::Result<machina_ledger::Overview> {
         let _busy = self.st.activity.begin();
         self.st.ledger.overview(WORKER_ONLINE_WINDOW_MS).await.map_err(|e| zbus::fdo::Error::Failed(e.to_string()))

@@ -12,6 +12,7 @@ pub mod extract;
 mod listeners;
 mod metrics;
 mod routes;
+pub mod snapshots;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};

@@ -35,6 +35,15 @@ pub trait Manager1 {
     /// Check the ledger's integrity (all artifacts when `full`, else the configured sample); JSON report.
     fn verify(&self, full: bool) -> Result<String, BusError>;
 
+    /// Snapshots, oldest first (JSON).
+    fn list_snapshots(&self) -> Result<String, BusError>;
+    /// A manual snapshot now ("" for no label).
+    fn create_snapshot(&self, label: &str) -> Result<String, BusError>;
+    /// Pin or unpin a snapshot.
+    fn pin_snapshot(&self, id: &str, pinned: bool) -> Result<String, BusError>;
+    /// Delete a snapshot.
+    fn delete_snapshot(&self, id: &str) -> Result<String, BusError>;
+
     /// machina's version.
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

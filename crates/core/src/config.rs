@@ -144,11 +144,20 @@ pub struct SnapshotSettings {
     pub keep_scheduled: usize,
     /// Manual and pre-restore snapshots kept (the newest); pinned ones are never deleted.
     pub keep_manual: usize,
+    /// Where the API queues snapshot requests for the root-run snapshot service.
+    pub request_dir: PathBuf,
 }
 
 impl Default for SnapshotSettings {
     fn default() -> Self {
-        Self { dir: None, backend: "auto".into(), cadence: "daily".into(), keep_scheduled: 5, keep_manual: 10 }
+        Self {
+            dir: None,
+            backend: "auto".into(),
+            cadence: "daily".into(),
+            keep_scheduled: 5,
+            keep_manual: 10,
+            request_dir: PathBuf::from("/run/machina/snapshot-requests"),
+        }
     }
 }
 

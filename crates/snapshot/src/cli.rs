@@ -4,6 +4,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use machina_core::config::{ConfigError, DaemonPaths, EXIT_CONFIG, Settings};
+use machina_core::snapshot_request::{self as channel, SnapshotOp, SnapshotResult};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::services;
@@ -51,6 +53,13 @@ pub enum Command {
     Delete {
         /// Snapshot id.
         id: String,
+    },
+    /// Answer the requests the API queued in DIR (D-Bus CreateSnapshot, ListSnapshots, …);
+    /// started by machina-snapshot-requests.path.
+    ServeRequests {
+        /// The request directory.
+        #[arg(long, default_value = "/run/machina/snapshot-requests")]
+        requests: PathBuf,
     },
     /// Replace the state with a snapshot's; the replaced state is kept as a snapshot.
     Restore {
@@ -101,7 +110,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         systemd_state_directory: std::env::var("STATE_DIRECTORY").ok(),
     };
     let settings = Settings::load_for_daemon(&paths)?;
-    let snaps = Snapshots::open(config_from(&settings)?)?;
+    let opened = Snapshots::open(config_from(&settings)?);
+    if let (Command::ServeRequests { requests }, Err(e)) = (&args.command, &opened) {
+        // Answer what is queued with the reason, or the callers wait in vain and the path
+        // unit starts this again and again.
+        refuse_requests(requests, e)?;
+    }
+    let snaps = opened?;
     let now = jiff::Timestamp::now();
     let print = |v: &dyn erased::Json, text: String| {
         if args.json {
@@ -147,6 +162,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let m = snaps.delete(id)?;
             print(&m, format!("{} deleted\n", m.id));
         }
+        Command::ServeRequests { requests } => {
+            let served = serve_requests(&snaps, requests)?;
+            print(&served, format!("{served} request(s) answered\n"));
+        }
         Command::Restore { id, stop } => {
             snaps.get(id).with_context(|| format!("snapshot {id}"))?;
             let stopped = services::stop_for_restore(*stop)?;
@@ -164,6 +183,48 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Answer every pending request in `dir` with `error`.
+fn refuse_requests(dir: &std::path::Path, error: &SnapshotError) -> anyhow::Result<()> {
+    for req in channel::pending(dir).with_context(|| format!("reading requests in {}", dir.display()))? {
+        let result = SnapshotResult {
+            id: req.id.clone(),
+            ok: None,
+            error_kind: Some(error.kind().as_str().to_string()),
+            error: Some(error.to_string()),
+        };
+        channel::answer(dir, &result)?;
+    }
+    Ok(())
+}
+
+/// Answer every pending request in `dir`; returns how many.
+fn serve_requests(snaps: &Snapshots, dir: &std::path::Path) -> anyhow::Result<usize> {
+    let pending = channel::pending(dir).with_context(|| format!("reading requests in {}", dir.display()))?;
+    for req in &pending {
+        tracing::info!(request = %req.id, requested_by = %req.requested_by, op = ?req.op, "snapshot request");
+        let now = jiff::Timestamp::now();
+        let done: Result<serde_json::Value, SnapshotError> = match &req.op {
+            SnapshotOp::List => snaps.list().map(|l| serde_json::json!(l)),
+            SnapshotOp::Create { label } => {
+                snaps.create(Kind::Manual, label.as_deref(), now).map(|o| serde_json::json!(o))
+            }
+            SnapshotOp::Pin { snapshot, pinned } => snaps.pin(snapshot, *pinned).map(|m| serde_json::json!(m)),
+            SnapshotOp::Delete { snapshot } => snaps.delete(snapshot).map(|m| serde_json::json!(m)),
+        };
+        let result = match done {
+            Ok(v) => SnapshotResult { id: req.id.clone(), ok: Some(v), error_kind: None, error: None },
+            Err(e) => SnapshotResult {
+                id: req.id.clone(),
+                ok: None,
+                error_kind: Some(e.kind().as_str().to_string()),
+                error: Some(e.to_string()),
+            },
+        };
+        channel::answer(dir, &result).with_context(|| format!("answering request {}", req.id))?;
+    }
+    Ok(pending.len())
 }
 
 fn outcome_line(o: &CreateOutcome, backend: crate::Backend) -> String {
