@@ -385,10 +385,11 @@ impl Manager {
 pub async fn announce(st: &AppState, run: &RunRecord) {
     let Some(bus) = &st.bus else { return };
     let status = run.status.as_str();
-    if let Err(e) = signals::run_state_changed(bus, &run.id, status).await {
-        tracing::warn!(run_id = %run.id, "cannot emit RunStateChanged: {e}");
-    }
+    // The wake-up first: a worker's start is what someone waits for.
     if matches!(status, "queued" | "executing") {
         let _ = signals::tasks_queued(bus, &run.id, 0).await;
+    }
+    if let Err(e) = signals::run_state_changed(bus, &run.id, status).await {
+        tracing::warn!(run_id = %run.id, "cannot emit RunStateChanged: {e}");
     }
 }

@@ -42,7 +42,7 @@ pub struct Worker {
 impl Worker {
     /// A worker named `id`.
     pub fn new(id: String, ledger: Ledger, recipes: RecipeBook, settings: Settings) -> Self {
-        let shell = Arc::new(ShellPolicy::new(&settings.tools.shell));
+        let shell = Arc::new(ShellPolicy::new(&settings.tools.shell).with_sandbox(&settings.sandbox));
         Self {
             id,
             ledger,
@@ -97,6 +97,10 @@ impl Worker {
         // Work claimed together with the last commit, and when that claim was asked for
         // (the lease runs from then, as far as this process can vouch).
         let mut next: Option<(Work, Instant)> = None;
+        // After a TasksQueued wake-up there is work by definition: claim at once, without the
+        // cheap read and the reclaim (expired leases depend on time, not on the signal; the
+        // poll tick takes care of them).
+        let mut signalled = false;
         while !shutdown.is_cancelled() {
             // Armed before looking for work, so a wake-up between the look and the wait is kept.
             let woken = self.wake.notified();
@@ -105,6 +109,7 @@ impl Worker {
             let asked = Instant::now();
             let result = match next.take() {
                 Some((work, claimed)) => self.perform(work, claimed).await,
+                None if std::mem::take(&mut signalled) => self.claim().await,
                 None => self.find_work().await,
             };
             match result {
@@ -117,7 +122,7 @@ impl Worker {
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
-                _ = &mut woken => {}
+                _ = &mut woken => signalled = true,
                 _ = shutdown.cancelled() => {}
             }
         }
@@ -141,6 +146,11 @@ impl Worker {
         }
         let n = self.ledger.reclaim(None).await?;
         announce::reclaimed(&self.id, n, false);
+        self.claim().await
+    }
+
+    /// Claim a compile or a task (announcing a compile claim).
+    async fn claim(&self) -> Result<Option<Work>, LedgerError> {
         let work = self.ledger.claim_work(&self.id, self.lease_ms()).await?;
         if let Some(Work::Compile(job)) = &work {
             self.announce.compiling(&job.run.id).await;

@@ -11,9 +11,8 @@
 //!
 //! Each measured run: wait `--settle-ms` (random in the range) so the worker is idle, take
 //! t0, `POST /enqueue` over a fresh loopback TCP connection (raw HTTP/1.1; `--keep-alive`:
-//! one connection for all requests), expect 202,
-//! then read the run's status from the ledger file (read-only, every `--check-us`) until
-//! it leaves `queued` (t1: the worker's compile claim committed, the start of work) and
+//! one connection for all requests), expect 202, then read the run's status from the
+//! ledger file (read-only, every `--check-us`) until it leaves `queued` (t1: the worker's compile claim committed, the start of work) and
 //! until it is `succeeded` (t2: compile, the task's claim, the task, its commit). The next
 //! run starts only after this one finished, so the worker is idle each time.
 //!

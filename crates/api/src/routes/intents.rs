@@ -189,8 +189,9 @@ async fn announce_submitted(st: &AppState, s: &Submitted) {
             "run submitted"
         );
         if let Some(bus) = &st.bus {
-            let _ = machina_bus::signals::run_state_changed(bus, id, "queued").await;
+            // The wake-up first: a worker's start is what someone waits for.
             let _ = machina_bus::signals::tasks_queued(bus, id, 1).await;
+            let _ = machina_bus::signals::run_state_changed(bus, id, "queued").await;
         }
     }
 }
