@@ -219,6 +219,9 @@ boot_container() {
         --keep-unit              # no host systemd to create a scope unit
         --link-journal=no        # the host's /var/log/journal is not touched
         --system-call-filter=bpf # else IPAddressDeny=/DevicePolicy= are silently not enforced
+        # nspawn 252's own seccomp allow-list predates landlock: without these the tasks'
+        # landlock sandbox cannot be set up inside the container (a real host has no such filter).
+        --system-call-filter='landlock_create_ruleset landlock_add_rule landlock_restrict_self'
         --private-network        # the container has only its own lo
     )
     export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 # a clean cgroup2 container like a real Debian 12

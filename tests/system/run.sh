@@ -370,6 +370,23 @@ step_snapshot() {
     check "the snapshotted run is there after the restore (HTTP $API_CODE)" test "$API_CODE" = 200
 }
 
+step_sandbox() {
+    need INSTALLED
+    local outside inside
+    outside=$(ct /usr/libexec/machina/machina-task-exec --preflight 2>&1 || true)
+    inside=$(CT_TIMEOUT=30 ct systemd-run --quiet --wait --pipe --collect -p User=machina \
+        -p SystemCallFilter=@system-service -p "SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self" \
+        -p SystemCallErrorNumber=EPERM -p NoNewPrivileges=yes /usr/libexec/machina/machina-task-exec --preflight 2>&1 || true)
+    info "preflight in the container: $outside"
+    info "preflight with the worker's syscall filter: $inside"
+    local logged
+    logged=$(ct journalctl --no-pager -q -o cat -u machina-worker@1 --grep 'tasks are sandboxed' | tail -n 1)
+    info "worker: $logged"
+    check "the worker logged its sandbox preflight" test -n "$logged"
+    check "landlock is in force under the worker unit's syscall filter" \
+        test "$(jq -r .landlock_abi <<<"$inside" 2>/dev/null || echo 0)" -ge 1
+}
+
 step_purge() {
     need INSTALLED
     local uid; uid=$(ct id -u machina)
@@ -404,7 +421,7 @@ STEPS=(
     "install|step_install" "config|step_config" "enable|step_enable" "submit|step_submit"
     "approve-dbus|step_approve" "machinactl-watch|step_watch" "journal|step_journal"
     "catalog|step_catalog" "kill-worker|step_kill" "maintenance|step_maintenance" "snapshot|step_snapshot" "idle-exit|step_idle_exit"
-    "security|step_security" "purge|step_purge"
+    "security|step_security" "sandbox|step_sandbox" "purge|step_purge"
 )
 i=0
 for s in "${STEPS[@]}"; do

@@ -40,6 +40,8 @@ pub struct Settings {
     pub snapshot: SnapshotSettings,
     /// Which task failures are retried.
     pub retry: RetryPolicy,
+    /// Confinement of every task's process (machina-task-exec).
+    pub sandbox: SandboxSettings,
 }
 
 impl Default for Settings {
@@ -54,6 +56,7 @@ impl Default for Settings {
             maintenance: MaintenanceSettings::default(),
             snapshot: SnapshotSettings::default(),
             retry: RetryPolicy::default(),
+            sandbox: SandboxSettings::default(),
         }
     }
 }
@@ -216,6 +219,62 @@ impl Default for ShellSettings {
     }
 }
 
+/// Task sandbox settings: what every task's process is limited to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSettings {
+    /// Refuse to run a task (BootFail) unless every protection is in force: landlock,
+    /// TCP denied, no_new_privs, rlimits, no capabilities. Off by default while kernels
+    /// without landlock are supported; the worker logs what it can enforce at startup.
+    pub required: bool,
+    /// RLIMIT_CPU: CPU seconds a task's process may use.
+    pub cpu_secs: u64,
+    /// RLIMIT_AS: address space of a task's process.
+    pub address_space_bytes: u64,
+    /// RLIMIT_FSIZE: largest file a task may write.
+    pub file_size_bytes: u64,
+    /// RLIMIT_NOFILE: open files per process.
+    pub open_files: u64,
+    /// RLIMIT_NPROC: counts every process of the worker's *user* (all workers and their
+    /// tasks together), so it must be generous; root is exempt.
+    pub processes: u64,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self {
+            required: false,
+            cpu_secs: 60,
+            address_space_bytes: 1 << 30,
+            file_size_bytes: 64 << 20,
+            open_files: 256,
+            processes: 512,
+        }
+    }
+}
+
+impl SandboxSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(format!("sandbox.{m}")));
+        if self.cpu_secs == 0 {
+            return bad("cpu_secs must be at least 1");
+        }
+        if self.address_space_bytes < 64 << 20 {
+            return bad("address_space_bytes must be at least 67108864 (64 MiB)");
+        }
+        if self.file_size_bytes == 0 {
+            return bad("file_size_bytes must be at least 1");
+        }
+        if self.open_files < 16 {
+            return bad("open_files must be at least 16");
+        }
+        if self.processes < 16 {
+            return bad("processes must be at least 16 (it counts every process of the worker's user)");
+        }
+        Ok(())
+    }
+}
+
 impl Settings {
     /// Load and merge every `*.toml` in `dirs`, then validate.
     pub fn load(dirs: &[PathBuf]) -> Result<Self, ConfigError> {
@@ -290,6 +349,7 @@ impl Settings {
                 return Err(ConfigError(format!("tools.shell.allow: {} is not an absolute path", p.display())));
             }
         }
+        self.sandbox.validate()?;
         self.retry.validate().map_err(ConfigError)
     }
 }
@@ -377,6 +437,18 @@ mod tests {
         std::fs::write(a.path().join("bad.toml"), "[worker]\nlease_sec = 5\n").unwrap();
         let err = Settings::load(&[a.path().into()]).unwrap_err().to_string();
         assert!(err.contains("bad.toml") && err.contains("lease_sec"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_section_has_defaults_and_is_validated() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("x.toml"), "[sandbox]\nrequired = true\ncpu_secs = 5\n").unwrap();
+        let s = Settings::load(&[a.path().into()]).unwrap();
+        assert!(s.sandbox.required);
+        assert_eq!((s.sandbox.cpu_secs, s.sandbox.open_files), (5, 256));
+        std::fs::write(a.path().join("x.toml"), "[sandbox]\nprocesses = 2\n").unwrap();
+        let err = Settings::load(&[a.path().into()]).unwrap_err().to_string();
+        assert!(err.contains("sandbox.processes"), "{err}");
     }
 
     #[test]

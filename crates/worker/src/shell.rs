@@ -4,11 +4,14 @@
 //!
 //! The child is started with posix_spawn (no `pre_exec` hook), so spawning
 //! costs the same whatever the worker's size. Confinement that must happen in
-//! the child (landlock, capabilities, rlimits) will be applied by a small
-//! exec wrapper placed in front of argv, keeping this path fork-free.
+//! the child (new session, landlock, capabilities, rlimits) is applied by the
+//! small `machina-task-exec` wrapper placed in front of argv (machina-sandbox),
+//! which then execs the command under the same pid: that pid leads the task's
+//! session and process group, the group the worker kills.
 
 use machina_core::ErrCode;
-use machina_core::config::ShellSettings;
+use machina_core::config::{SandboxSettings, ShellSettings};
+use machina_sandbox::{EXIT_EXEC_FAILED, EXIT_SANDBOX_REFUSED, Required, Rlimits, SandboxSpec};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -25,12 +28,22 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 /// PATH given to tasks.
 const TASK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// The allowlist, resolved to canonical paths once.
+/// Environment override of the wrapper's path (tests, development trees).
+pub const TASK_EXEC_ENV: &str = "MACHINA_TASK_EXEC";
+
+/// Where the package installs the wrapper, used when it is not beside the worker.
+pub const SYSTEM_TASK_EXEC: &str = "/usr/libexec/machina/machina-task-exec";
+
+/// The allowlist, resolved to canonical paths once, and how tasks are confined.
 #[derive(Debug, Clone)]
 pub struct ShellPolicy {
     /// Entry as configured → the file it resolved to at startup.
     allowed: BTreeMap<PathBuf, PathBuf>,
     env_allow: Vec<String>,
+    /// The sandboxing exec wrapper; None runs commands unconfined (refused when required).
+    wrapper: Option<PathBuf>,
+    rlimits: Rlimits,
+    required: bool,
 }
 
 /// What one run of the tool produced.
@@ -66,7 +79,39 @@ impl ShellPolicy {
                 Err(e) => tracing::warn!(path = %p.display(), "shell allowlist entry ignored: {e}"),
             }
         }
-        Self { allowed, env_allow: s.env_allow.clone() }
+        let wrapper = locate_wrapper();
+        match &wrapper {
+            Some(w) => tracing::info!(wrapper = %w.display(), "tasks are sandboxed: {}", machina_sandbox::preflight()),
+            None => tracing::warn!("machina-task-exec not found (set {TASK_EXEC_ENV}): tasks run unconfined"),
+        }
+        Self { allowed, env_allow: s.env_allow.clone(), wrapper, rlimits: Rlimits::default(), required: false }
+    }
+
+    /// Apply the `[sandbox]` settings.
+    pub fn with_sandbox(mut self, s: &SandboxSettings) -> Self {
+        self.rlimits = Rlimits {
+            cpu_secs: s.cpu_secs,
+            address_space_bytes: s.address_space_bytes,
+            file_size_bytes: s.file_size_bytes,
+            open_files: s.open_files,
+            processes: s.processes,
+        };
+        self.required = s.required;
+        self
+    }
+
+    /// Use this wrapper (None: run commands unconfined).
+    pub fn with_wrapper(mut self, wrapper: Option<PathBuf>) -> Self {
+        self.wrapper = wrapper;
+        self
+    }
+
+    /// The sandbox spec of a task run in `dir` (the shell tool never has network).
+    fn spec(&self, dir: &Path) -> SandboxSpec {
+        let mut spec = SandboxSpec::new(dir);
+        spec.rlimits = self.rlimits;
+        spec.required = if self.required { Required::all() } else { Required::default() };
+        spec
     }
 
     /// The canonical executable for `argv0`, if the policy allows it.
@@ -94,6 +139,26 @@ impl ShellPolicy {
     }
 }
 
+/// The wrapper: `$MACHINA_TASK_EXEC`, else beside this executable (or beside the directory
+/// of a cargo test binary, `target/*/deps`), else [`SYSTEM_TASK_EXEC`]; None if none exists.
+pub fn locate_wrapper() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(TASK_EXEC_ENV) {
+        return Some(PathBuf::from(p));
+    }
+    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
+    let mut candidates = Vec::new();
+    if let Some(d) = exe_dir {
+        candidates.push(d.join("machina-task-exec"));
+        if d.ends_with("deps")
+            && let Some(up) = d.parent()
+        {
+            candidates.push(up.join("machina-task-exec"));
+        }
+    }
+    candidates.push(PathBuf::from(SYSTEM_TASK_EXEC));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
 /// Limits of one run.
 #[derive(Debug, Clone)]
 pub struct RunLimits {
@@ -119,14 +184,34 @@ pub async fn run(
         Ok(p) => p,
         Err(m) => return ShellOutcome::refused(ErrCode::PolicyDenied, m),
     };
-    let mut cmd = tokio::process::Command::new(&exe);
-    cmd.arg0(argv0)
-        .args(&argv[1..])
+    let mut cmd = match &policy.wrapper {
+        // The wrapper calls setsid itself: it must not already lead a group.
+        Some(wrapper) => {
+            let spec = match serde_json::to_string(&policy.spec(dir)) {
+                Ok(s) => s,
+                Err(e) => return ShellOutcome::refused(ErrCode::BootFail, format!("sandbox spec: {e}")),
+            };
+            let mut c = tokio::process::Command::new(wrapper);
+            c.arg("--spec-json").arg(spec).arg("--arg0").arg(argv0).arg("--").arg(&exe);
+            c
+        }
+        None if policy.required => {
+            return ShellOutcome::refused(
+                ErrCode::BootFail,
+                format!("sandbox.required is set but machina-task-exec was not found (set {TASK_EXEC_ENV})"),
+            );
+        }
+        None => {
+            let mut c = tokio::process::Command::new(&exe);
+            c.arg0(argv0).process_group(0);
+            c
+        }
+    };
+    cmd.args(&argv[1..])
         .env_clear()
         .env("PATH", TASK_PATH)
         .env("HOME", dir)
         .current_dir(dir)
-        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -162,7 +247,16 @@ pub async fn run(
     }
     let status = match status {
         Some(s) => Some(s),
-        None => child.wait().await.ok(),
+        None => {
+            // The wrapper may not have made its group yet: kill it by pid, then the group
+            // again once it is gone, in case it formed in between.
+            let _ = child.start_kill();
+            let s = child.wait().await.ok();
+            if let Some(pg) = pgid {
+                let _ = killpg(pg, Signal::SIGKILL);
+            }
+            s
+        }
     };
     // The group is gone; what it wrote is in the pipes and arrives at once. A process that
     // left the group (setsid) may still hold them open: read a short grace longer, then stop.
@@ -182,9 +276,18 @@ pub async fn run(
     }
     let exit_status = status.map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
     if err_code.is_none() && exit_status != Some(0) {
-        err_code = Some(ErrCode::CmdNonzero);
+        err_code =
+            Some(if wrapper_failed(policy, exit_status, &stderr) { ErrCode::BootFail } else { ErrCode::CmdNonzero });
     }
     ShellOutcome { err_code, exit_status, stdout, stderr, wall_ms: started.elapsed().as_millis() as i64 }
+}
+
+/// Whether the wrapper itself refused (a required protection missing) or could not exec.
+fn wrapper_failed(policy: &ShellPolicy, exit_status: Option<i32>, stderr: &[u8]) -> bool {
+    let codes = [i32::from(EXIT_SANDBOX_REFUSED), i32::from(EXIT_EXEC_FAILED)];
+    policy.wrapper.is_some()
+        && exit_status.is_some_and(|c| codes.contains(&c))
+        && stderr.starts_with(b"machina-task-exec: ")
 }
 
 /// Read until EOF or `stop`, keeping the first `cap` bytes and a marker saying how much was dropped.
@@ -348,6 +451,52 @@ mod tests {
         assert!(text.starts_with("1\n2\n3\n"));
         assert!(text.contains("[machina: output truncated at 100 bytes;"), "{text}");
         assert!(text.len() < 200);
+    }
+
+    #[tokio::test]
+    async fn tasks_are_confined_to_their_directory() {
+        if locate_wrapper().is_none() {
+            eprintln!("skipped: machina-task-exec not built (cargo build --bin machina-task-exec)");
+            return;
+        }
+        let outer = tempfile::tempdir().unwrap();
+        let dir = outer.path().join("task");
+        std::fs::create_dir(&dir).unwrap();
+        let p = policy(&["/usr/bin/touch"]);
+        let inside = dir.join("ok");
+        let o = run(
+            &p,
+            &argv(&["/usr/bin/touch", inside.to_str().unwrap()]),
+            &dir,
+            &[],
+            &limits(5000, 4096),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(o.err_code, None, "{}", String::from_utf8_lossy(&o.stderr));
+        let outside = outer.path().join("escaped");
+        let o = run(
+            &p,
+            &argv(&["/usr/bin/touch", outside.to_str().unwrap()]),
+            &dir,
+            &[],
+            &limits(5000, 4096),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(o.err_code, Some(ErrCode::CmdNonzero), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!outside.exists(), "the task wrote outside its directory");
+        assert!(inside.exists());
+    }
+
+    #[tokio::test]
+    async fn a_required_sandbox_without_its_wrapper_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(&["/usr/bin/true"])
+            .with_sandbox(&SandboxSettings { required: true, ..SandboxSettings::default() })
+            .with_wrapper(None);
+        let o = run(&p, &argv(&["/usr/bin/true"]), dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
+        assert_eq!((o.err_code, o.exit_status), (Some(ErrCode::BootFail), None));
     }
 
     #[tokio::test]
