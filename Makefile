@@ -1,7 +1,7 @@
 # machina — the two commands (see README.md) and helpers.
 CARGO ?= cargo
 
-.PHONY: demo test deps build lint bench deb selinux system-test unit-test
+.PHONY: demo test deps build lint bench deb selinux system-test unit-test attack-test
 
 deps:
 	scripts/install-deps.sh
@@ -20,6 +20,11 @@ test: deps unit-test selinux system-test
 ## Unit and integration tests (real processes, private dbus-daemon, loop-mounted btrfs as root).
 unit-test: deps
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+## The attack suites on their own (also part of unit-test); ends with the counts.
+attack-test: deps
+	$(CARGO) test --test attack_sandbox -- --nocapture 2>&1 | tee target/attack-test.log | grep -E '^test |attack-suite|test result'
+	@grep -q 'test result: ok' target/attack-test.log
 
 ## Debian packages into target/deb/ (lintian-checked).
 deb: deps
