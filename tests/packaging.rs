@@ -5,7 +5,7 @@ mod common;
 
 use machina_core::log::ALL_MESSAGE_IDS;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -24,17 +24,10 @@ fn every_message_id_has_a_catalog_entry() {
 
 /// A bus configured like the system bus (deny by default) plus machina's policy file, with
 /// one test-only rule letting root own the name (the package gives it to user machina).
-fn policy_bus(dir: &Path) -> (Child, String) {
-    let socket = dir.join("bus");
+fn policy_bus() -> common::dbus::PrivateBus {
     let policy = Path::new(ROOT).join("packaging/dbus-1/system.d/org.machina.Manager1.conf");
-    let config = format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
+    common::dbus::PrivateBus::with_policy(&format!(
+        r#"<policy context="default">
     <allow user="*"/>
     <deny own="*"/>
     <deny send_type="method_call"/>
@@ -49,22 +42,9 @@ fn policy_bus(dir: &Path) -> (Child, String) {
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
   </policy>
   <include>{}</include>
-  <policy user="root"><allow own="org.machina.Manager1"/></policy>
-</busconfig>"#,
-        socket.display(),
+  <policy user="root"><allow own="org.machina.Manager1"/></policy>"#,
         policy.display()
-    );
-    std::fs::write(dir.join("bus.conf"), config).unwrap();
-    let mut child = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", dir.join("bus.conf").display()))
-        .args(["--nofork", "--nopidfile", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    (child, line.trim().to_string())
+    ))
 }
 
 fn busctl(address: &str, uid: Option<u32>, args: &[&str]) -> std::process::Output {
@@ -82,9 +62,8 @@ fn busctl(address: &str, uid: Option<u32>, args: &[&str]) -> std::process::Outpu
 #[test]
 fn the_bus_policy_admits_readers_and_refuses_method_calls() {
     assert!(nix::unistd::geteuid().is_root(), "this test switches to uid 65534 and needs root (CI runs as root)");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let (mut daemon, address) = policy_bus(dir.path());
+    let bus = policy_bus();
+    let address = bus.address.clone();
     let mut m = common::Machina::new(&format!("[bus]\naddress = \"{address}\"\n"));
     m.start_api();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -125,6 +104,4 @@ fn the_bus_policy_admits_readers_and_refuses_method_calls() {
     let root = busctl(&address, None, &["call", target[0], target[1], target[2], "ListRuns", "su", "", "5"]);
     assert!(root.status.success(), "{}", String::from_utf8_lossy(&root.stderr));
     drop(m);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }

@@ -11,8 +11,22 @@ pub struct PrivateBus {
     child: Child,
 }
 
+/// The policy of [`PrivateBus::start`]: everyone may do everything.
+const OPEN_POLICY: &str = r#"<policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+  </policy>"#;
+
 impl PrivateBus {
+    /// A bus that admits everyone to everything.
     pub fn start() -> Self {
+        Self::with_policy(OPEN_POLICY)
+    }
+
+    /// A bus with these `<policy>`/`<include>` elements as its whole policy.
+    pub fn with_policy(policy: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Other users (the unprivileged caller in the tests) must reach the socket.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -24,12 +38,7 @@ impl PrivateBus {
   <type>system</type>
   <listen>unix:path={}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
+  {policy}
 </busconfig>"#,
             socket.display()
         );
