@@ -39,6 +39,11 @@ fn operator_journey_over_dbus() {
     let info = json_of(&machinactl(a, None, &["--output", "json", "info"]));
     assert!(info["runsWaitingApproval"].as_u64().unwrap() >= 1, "{info}");
     assert!(info["workersOnline"].as_u64().unwrap() >= 1, "{info}");
+    // Each worker's sandbox preflight: as a D-Bus property and in /health.
+    assert!(info["sandbox"]["w1"]["landlock_abi"].is_u64(), "{info}");
+    let (_, health) = m.get("/health");
+    assert_eq!(health["workers"][0]["id"], "w1", "{health}");
+    assert!(health["workers"][0]["sandbox"]["no_new_privs"].is_boolean(), "{health}");
 
     // A plan other than the one reviewed is refused with a named error and exit 4.
     let wrong = machinactl(a, None, &["approve", &run, "--plan", &"0".repeat(64)]);

@@ -345,6 +345,22 @@ impl Manager {
         Ok(self.overview().await?.workers_online)
     }
 
+    /// What each online worker's per-task sandbox enforces: JSON `{worker id: preflight}`
+    /// (landlock ABI, TCP and scope support, no_new_privs, seccomp, capabilities).
+    #[zbus(property)]
+    async fn sandbox(&self) -> zbus::fdo::Result<String> {
+        let _busy = self.st.activity.begin();
+        let workers = self
+            .st
+            .ledger
+            .workers(WORKER_ONLINE_WINDOW_MS)
+            .await
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        let map: serde_json::Map<String, Value> =
+            workers.into_iter().map(|w| (w.id, w.sandbox.unwrap_or(Value::Null))).collect();
+        Ok(Value::Object(map).to_string())
+    }
+
     /// Partitions whose new work is not being claimed.
     #[zbus(property)]
     async fn paused_partitions(&self) -> zbus::fdo::Result<Vec<String>> {

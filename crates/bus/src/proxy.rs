@@ -56,6 +56,9 @@ pub trait Manager1 {
     /// Workers seen recently.
     #[zbus(property)]
     fn workers_online(&self) -> zbus::Result<u32>;
+    /// Each online worker's per-task sandbox preflight, JSON `{worker id: preflight}`.
+    #[zbus(property)]
+    fn sandbox(&self) -> zbus::Result<String>;
     /// Paused partitions.
     #[zbus(property)]
     fn paused_partitions(&self) -> zbus::Result<Vec<String>>;

@@ -151,6 +151,7 @@ async fn info(proxy: &Manager1Proxy<'_>, out: Output) -> Result<u8> {
         "runsWaitingApproval": proxy.runs_waiting_approval().await?,
         "workersOnline": proxy.workers_online().await?,
         "pausedPartitions": proxy.paused_partitions().await?,
+        "sandbox": serde_json::from_str::<Value>(&proxy.sandbox().await?).unwrap_or(Value::Null),
     });
     print_doc(out, &v.to_string(), render::info)
 }

@@ -174,7 +174,24 @@ pub fn info(v: &Value) -> String {
         v["runsWaitingApproval"],
         v["workersOnline"],
         if paused.is_empty() { "none".to_string() } else { paused.join(", ") }
-    )
+    ) + &sandbox_lines(&v["sandbox"])
+}
+
+/// One line per worker: what its tasks' sandbox enforces.
+fn sandbox_lines(v: &Value) -> String {
+    let mut out = String::new();
+    for (worker, p) in v.as_object().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "sandbox of worker {worker}: landlock ABI {} (tcp {}, scopes {}), no_new_privs {}, capabilities {}",
+            p["landlock_abi"],
+            p["landlock_network"],
+            p["landlock_scopes"],
+            p["no_new_privs"],
+            p["effective_capabilities"]
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_workers.sql"),
     include_str!("../migrations/0003_maintenance.sql"),
+    include_str!("../migrations/0004_worker_sandbox.sql"),
 ];
 
 /// Schema version this build writes.

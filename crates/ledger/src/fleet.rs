@@ -20,16 +20,48 @@ pub struct Overview {
     pub paused_partitions: Vec<String>,
 }
 
-/// Record that worker `id` (process `pid`) is alive now.
-pub(crate) fn worker_seen(c: &Connection, id: &str, pid: u32, now: i64) -> Result<()> {
+/// A worker as it last checked in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerRecord {
+    /// Worker id (lease owner).
+    pub id: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When this process started (ms).
+    pub started_at: i64,
+    /// Last check-in (ms).
+    pub seen_at: i64,
+    /// Its per-task sandbox preflight, as it reported it.
+    pub sandbox: Option<serde_json::Value>,
+}
+
+/// Record that worker `id` (process `pid`, sandbox preflight `sandbox`) is alive now.
+pub(crate) fn worker_seen(c: &Connection, id: &str, pid: u32, sandbox: Option<&str>, now: i64) -> Result<()> {
     c.prepare_cached(
-        "INSERT INTO workers(id, pid, started_at, seen_at) VALUES (?1, ?2, ?3, ?3)
-         ON CONFLICT(id) DO UPDATE SET seen_at = excluded.seen_at,
+        "INSERT INTO workers(id, pid, started_at, seen_at, sandbox) VALUES (?1, ?2, ?3, ?3, ?4)
+         ON CONFLICT(id) DO UPDATE SET seen_at = excluded.seen_at, sandbox = excluded.sandbox,
            started_at = CASE WHEN workers.pid = excluded.pid THEN workers.started_at ELSE excluded.started_at END,
            pid = excluded.pid",
     )?
-    .execute(params![id, pid, now])?;
+    .execute(params![id, pid, now, sandbox])?;
     Ok(())
+}
+
+/// Workers seen since `online_since`, by id.
+pub(crate) fn workers(c: &Connection, online_since: i64) -> Result<Vec<WorkerRecord>> {
+    Ok(c.prepare_cached("SELECT id, pid, started_at, seen_at, sandbox FROM workers WHERE seen_at >= ?1 ORDER BY id")?
+        .query_map([online_since], |r| {
+            let sandbox: Option<String> = r.get(4)?;
+            Ok(WorkerRecord {
+                id: r.get(0)?,
+                pid: r.get(1)?,
+                started_at: r.get(2)?,
+                seen_at: r.get(3)?,
+                sandbox: sandbox.and_then(|s| serde_json::from_str(&s).ok()),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 /// Forget worker `id` (it stopped cleanly).

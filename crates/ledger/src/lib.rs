@@ -34,7 +34,7 @@ pub use artifacts::{ArtifactStore, is_sha256_hex};
 pub use db::{BUSY_TIMEOUT_MS, Durability, Pragmas, SCHEMA_VERSION};
 pub use dedup::{DedupKey, Submission, Submitted};
 pub use error::{LedgerError, Result};
-pub use fleet::Overview;
+pub use fleet::{Overview, WorkerRecord};
 pub use maintain::{PruneReport, VerifyReport, Violation};
 pub use model::*;
 pub use queries::RunFilter;
@@ -260,10 +260,15 @@ impl Ledger {
         self.read(move |c, _| queries::attempts(c, &key)).await
     }
 
-    /// Record that worker `id` (process `pid`) is alive.
-    pub async fn worker_seen(&self, id: &str, pid: u32) -> Result<()> {
+    /// Record that worker `id` (process `pid`) is alive, with its sandbox preflight (JSON).
+    pub async fn worker_seen(&self, id: &str, pid: u32, sandbox: Option<String>) -> Result<()> {
         let id = id.to_string();
-        self.writer.write(move |c, now| fleet::worker_seen(c, &id, pid, now)).await
+        self.writer.write(move |c, now| fleet::worker_seen(c, &id, pid, sandbox.as_deref(), now)).await
+    }
+
+    /// Workers that checked in within `online_window_ms`.
+    pub async fn workers(&self, online_window_ms: i64) -> Result<Vec<WorkerRecord>> {
+        self.read(move |c, now| fleet::workers(c, now - online_window_ms)).await
     }
 
     /// Forget worker `id` (it is stopping cleanly).

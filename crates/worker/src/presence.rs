@@ -19,12 +19,14 @@ pub async fn check_in(ledger: Ledger, id: String, shutdown: CancellationToken) {
     let watchdog = machina_daemon::notify::watchdog_interval();
     let mut tick = tokio::time::interval(watchdog.map_or(CHECK_IN_EVERY, |w| w.min(CHECK_IN_EVERY)));
     let pid = std::process::id();
+    // What this worker's tasks get, for /health and the D-Bus Sandbox property.
+    let sandbox = serde_json::to_string(&machina_sandbox::preflight()).ok();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        match ledger.worker_seen(&id, pid).await {
+        match ledger.worker_seen(&id, pid, sandbox.clone()).await {
             Ok(()) => {
                 if watchdog.is_some() {
                     machina_daemon::notify::watchdog();

@@ -12,11 +12,14 @@ use crate::error::ApiResult;
 pub(crate) async fn health(State(st): State<AppState>) -> ApiResult<Json<Value>> {
     st.ledger.ping().await?;
     let pragmas = st.ledger.pragmas();
+    // Each online worker with what its per-task sandbox enforces (its startup preflight).
+    let workers = st.ledger.workers(crate::bus::WORKER_ONLINE_WINDOW_MS).await?;
     Ok(Json(json!({
         "status": "ok",
         "version": machina_core::APP_VERSION,
         "schemaVersion": machina_ledger::SCHEMA_VERSION,
         "ledger": pragmas,
+        "workers": workers,
     })))
 }
 
