@@ -21,6 +21,8 @@ use crate::listeners::{self, Listener};
 pub const TOKEN_CREDENTIAL: &str = "api-token";
 /// Shortest token accepted.
 pub const TOKEN_MIN_LEN: usize = 16;
+/// Name of the systemd credential holding the HMAC secret.
+pub const HMAC_CREDENTIAL: &str = "api-hmac-secret";
 /// How often the idle watcher looks and STATUS= is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
@@ -65,16 +67,50 @@ pub fn load_token(settings: &Settings, credentials_dir: Option<PathBuf>) -> Resu
     Ok(token)
 }
 
+/// Read the HMAC secret: `api.hmac_secret_file`, else the `api-hmac-secret` credential
+/// (at least 32 bytes, surrounding whitespace ignored).
+pub fn load_hmac_secret(settings: &Settings, credentials_dir: Option<PathBuf>) -> Result<Vec<u8>, ConfigError> {
+    let path = match (&settings.api.hmac_secret_file, credentials_dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(dir)) => dir.join(HMAC_CREDENTIAL),
+        (None, None) => {
+            return Err(ConfigError(format!(
+                "api.auth = {:?} needs an HMAC secret: set api.hmac_secret_file, or pass the {HMAC_CREDENTIAL} credential",
+                settings.api.auth
+            )));
+        }
+    };
+    let text = std::fs::read(&path).map_err(|e| ConfigError(format!("HMAC secret {}: {e}", path.display())))?;
+    let secret = text.trim_ascii().to_vec();
+    if secret.len() < machina_core::signing::SECRET_MIN_BYTES {
+        return Err(ConfigError(format!(
+            "HMAC secret in {} must be at least {} bytes",
+            path.display(),
+            machina_core::signing::SECRET_MIN_BYTES
+        )));
+    }
+    Ok(secret)
+}
+
+/// The credentials `api.auth` asks for, loaded and checked (a missing one is exit 78).
+pub fn load_auth(settings: &Settings, credentials_dir: Option<PathBuf>) -> Result<crate::auth::Auth, ConfigError> {
+    let mode = crate::auth::AuthMode::parse(&settings.api.auth)
+        .ok_or_else(|| ConfigError(format!("api.auth {:?} is not token, hmac, either or both", settings.api.auth)))?;
+    let token = mode.uses_token().then(|| load_token(settings, credentials_dir.clone())).transpose()?;
+    let hmac_secret = mode.uses_hmac().then(|| load_hmac_secret(settings, credentials_dir)).transpose()?;
+    Ok(crate::auth::Auth { mode, token, hmac_secret, ttl_secs: settings.api.hmac_ttl_secs })
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let (listen, paths) = (args.listen, args.paths);
-    let (setup, token) = tokio::task::spawn_blocking(move || {
+    let (setup, auth) = tokio::task::spawn_blocking(move || {
         let setup = machina_daemon::setup(paths, |s| {
             if let Some(l) = listen {
                 s.api.listen = l;
             }
         })?;
-        let token = load_token(&setup.settings, std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))?;
-        anyhow::Ok((setup, token))
+        let auth = load_auth(&setup.settings, std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))?;
+        anyhow::Ok((setup, auth))
     })
     .await??;
     let machina_daemon::Setup { settings, recipes, ledger } = setup;
@@ -85,7 +121,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ledger,
         recipes: Arc::new(recipes),
         settings: Arc::new(settings),
-        token: Arc::new(token),
+        auth: Arc::new(auth),
         shutdown: shutdown.clone(),
         activity: Activity::new(),
         bus: None,

@@ -5,6 +5,7 @@
 //! auth on everything but /health and /metrics, and the body size limit.
 
 pub mod activity;
+pub mod auth;
 pub mod bus;
 pub mod daemon;
 pub mod error;
@@ -23,7 +24,6 @@ use machina_core::config::Settings;
 use machina_core::{ErrorKind, RecipeBook};
 use machina_ledger::Ledger;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -38,8 +38,8 @@ pub struct AppState {
     pub recipes: Arc<RecipeBook>,
     /// Validated settings.
     pub settings: Arc<Settings>,
-    /// The bearer token clients must present.
-    pub token: Arc<String>,
+    /// The credentials requests must carry (bearer token, HMAC, or both).
+    pub auth: Arc<auth::Auth>,
     /// Cancelled at shutdown: long-lived streams end so the server can drain.
     pub shutdown: CancellationToken,
     /// Requests and D-Bus calls in flight, for the idle exit.
@@ -51,7 +51,7 @@ pub struct AppState {
 /// The full router.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.api.body_limit_bytes;
-    let protected = routes::protected().route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let protected = routes::protected().route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
         .merge(protected)
         .merge(routes::open())
@@ -85,17 +85,4 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         resp.headers_mut().insert(REQUEST_ID_HEADER, h);
     }
     resp
-}
-
-async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(t) if bool::from(t.as_bytes().ct_eq(st.token.as_bytes())) => next.run(req).await,
-        Some(_) => ApiError::new(ErrorKind::Unauthorized, "the bearer token is not valid").into_response(),
-        None => ApiError::new(ErrorKind::Unauthorized, "missing Authorization: Bearer <token> header").into_response(),
-    }
 }

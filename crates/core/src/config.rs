@@ -78,6 +78,12 @@ pub struct ApiSettings {
     /// Exit after this long with no HTTP request and no D-Bus call in flight or
     /// begun (socket and bus activation bring the service back); 0 never exits.
     pub idle_exit_secs: u64,
+    /// How requests authenticate: `"token"` (bearer), `"hmac"` (signed), `"either"`, `"both"`.
+    pub auth: String,
+    /// File holding the HMAC secret (else the `api-hmac-secret` systemd credential).
+    pub hmac_secret_file: Option<PathBuf>,
+    /// How far a signed request's timestamp may be from now, and how long its nonce is kept.
+    pub hmac_ttl_secs: u64,
 }
 
 impl Default for ApiSettings {
@@ -89,6 +95,9 @@ impl Default for ApiSettings {
             dedup_ttl_secs: 300,
             max_page_size: 500,
             idle_exit_secs: 300,
+            auth: "token".into(),
+            hmac_secret_file: None,
+            hmac_ttl_secs: 60,
         }
     }
 }
@@ -337,6 +346,12 @@ impl Settings {
         }
         if self.maintenance.artifact_grace_secs < 60 {
             return bad("maintenance.artifact_grace_secs must be at least 60 (writers store before they reference)");
+        }
+        if !["token", "hmac", "either", "both"].contains(&self.api.auth.as_str()) {
+            return bad("api.auth must be \"token\", \"hmac\", \"either\" or \"both\"");
+        }
+        if self.api.hmac_ttl_secs == 0 {
+            return bad("api.hmac_ttl_secs must be at least 1");
         }
         if self.bus.address.is_empty() {
             return bad("bus.address must be \"system\", \"none\" or a D-Bus address");

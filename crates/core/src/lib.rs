@@ -12,6 +12,7 @@ pub mod log;
 pub mod plan;
 pub mod recipe;
 pub mod retry;
+pub mod signing;
 pub mod snapshot_request;
 pub mod state;
 

@@ -107,6 +107,22 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Print the headers that sign an HTTP request (api.auth = "hmac", "either" or "both"),
+    /// one per line, for `curl -H @-`.
+    Sign {
+        /// File holding the HMAC secret.
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// HTTP method.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// Path and query, e.g. /enqueue.
+        #[arg(long)]
+        path: String,
+        /// File holding the exact body (- for standard input; none for an empty body).
+        #[arg(long)]
+        body: Option<PathBuf>,
+    },
     /// Check the ledger's integrity; exits 1 if anything is wrong.
     Verify {
         /// Hash every artifact, not just the configured sample.

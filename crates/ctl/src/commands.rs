@@ -24,6 +24,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
     if let Command::Snapshot { command } = &cli.command {
         return snapshot(command, cli.output);
     }
+    if let Command::Sign { secret_file, method, path, body } = &cli.command {
+        return sign(secret_file, method, path, body.as_deref());
+    }
     let address = match cli.address.as_deref() {
         None => BusAddress::System,
         Some(a) => BusAddress::parse(a).map_err(|e| CtlError::new(2, e))?,
@@ -70,7 +73,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Info => info(&proxy, out).await,
-        Command::Snapshot { .. } => unreachable!("handled before connecting"),
+        Command::Snapshot { .. } | Command::Sign { .. } => unreachable!("handled before connecting"),
         Command::Verify { full } => {
             let json = proxy.verify(full).await?;
             print_doc(out, &json, render::verify)?;
@@ -104,6 +107,34 @@ fn snapshot(command: &crate::cli::SnapshotCommand, out: Output) -> Result<u8> {
         .status()
         .map_err(|e| CtlError::new(exit::UNAVAILABLE, format!("cannot run {}: {e}", bin.display())))?;
     Ok(status.code().map_or(exit::FAILED, |c| c.clamp(0, 255) as u8))
+}
+
+/// Print `X-Machina-Ts`, `X-Machina-Nonce` and `X-Machina-Signature` for a request.
+fn sign(secret_file: &Path, method: &str, path: &str, body: Option<&Path>) -> Result<u8> {
+    let read = |p: &Path| -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let r = if p == Path::new("-") {
+            std::io::stdin().read_to_end(&mut buf).map(drop)
+        } else {
+            std::fs::read(p).map(|b| buf = b)
+        };
+        r.map_err(|e| CtlError::new(exit::INVALID_INPUT, format!("{}: {e}", p.display())))?;
+        Ok(buf)
+    };
+    let secret = read(secret_file)?.trim_ascii().to_vec();
+    if secret.len() < machina_core::signing::SECRET_MIN_BYTES {
+        return Err(CtlError::new(exit::INVALID_INPUT, "the HMAC secret must be at least 32 bytes"));
+    }
+    let body = body.map(read).transpose()?.unwrap_or_default();
+    let mut random = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| CtlError::new(exit::FAILED, format!("/dev/urandom: {e}")))?;
+    let nonce: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()).to_string();
+    let sig = machina_core::signing::sign(&secret, &ts, &nonce, method, path, &body);
+    println!("X-Machina-Ts: {ts}\nX-Machina-Nonce: {nonce}\nX-Machina-Signature: {sig}");
+    Ok(exit::OK)
 }
 
 fn read_intent(file: &Path) -> Result<String> {

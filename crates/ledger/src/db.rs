@@ -25,6 +25,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0002_workers.sql"),
     include_str!("../migrations/0003_maintenance.sql"),
     include_str!("../migrations/0004_worker_sandbox.sql"),
+    include_str!("../migrations/0005_nonces.sql"),
 ];
 
 /// Schema version this build writes.

@@ -266,6 +266,13 @@ impl Ledger {
         self.writer.write(move |c, now| fleet::worker_seen(c, &id, pid, sandbox.as_deref(), now)).await
     }
 
+    /// Record the nonce of a signed request until `expires_at_ms`: true the first time,
+    /// false for a replay (also after a restart, until it expires).
+    pub async fn use_nonce(&self, nonce: &str, expires_at_ms: i64) -> Result<bool> {
+        let nonce = nonce.to_string();
+        self.writer.write(move |c, _| maintain::use_nonce(c, &nonce, expires_at_ms)).await
+    }
+
     /// Workers that checked in within `online_window_ms`.
     pub async fn workers(&self, online_window_ms: i64) -> Result<Vec<WorkerRecord>> {
         self.read(move |c, now| fleet::workers(c, now - online_window_ms)).await

@@ -58,9 +58,17 @@ impl VerifyReport {
     }
 }
 
-/// Delete dedup entries past their expiry.
+/// Delete dedup entries and request nonces past their expiry.
 pub(crate) fn expire_dedup(c: &Connection, now: i64) -> Result<u64> {
+    c.prepare_cached("DELETE FROM nonces WHERE expires_at <= ?1")?.execute([now])?;
     Ok(c.prepare_cached("DELETE FROM dedup WHERE expires_at <= ?1")?.execute([now])? as u64)
+}
+
+/// Record a signed request's nonce until `expires_at`; false when it was seen before.
+pub(crate) fn use_nonce(c: &Connection, nonce: &str, expires_at: i64) -> Result<bool> {
+    Ok(c.prepare_cached("INSERT INTO nonces(nonce, expires_at) VALUES (?1, ?2) ON CONFLICT(nonce) DO NOTHING")?
+        .execute(params![nonce, expires_at])?
+        == 1)
 }
 
 /// Forget workers not seen since `before` (they died without checking out).

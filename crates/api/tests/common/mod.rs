@@ -38,7 +38,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
         ledger: ledger.clone(),
         recipes: Arc::new(RecipeBook::builtin()),
         settings: Arc::new(settings.clone()),
-        token: Arc::new(TOKEN.to_string()),
+        auth: Arc::new(machina_api::auth::Auth::token(TOKEN)),
         shutdown: shutdown.clone(),
         activity: machina_api::activity::Activity::new(),
         bus: None,
