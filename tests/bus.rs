@@ -114,9 +114,16 @@ fn a_signal_wakes_an_idle_worker_long_before_its_poll() {
     let run = m.enqueue_commands(&[&["/usr/bin/true"], &["/usr/bin/echo", "hi"]]);
     // Both hand-offs need a wake-up: submission to compile, and approval to the tasks.
     m.wait_for(&run, "waiting_input", Duration::from_secs(60), |v| v["status"] == "waiting_input");
-    let (st, v) = m.post(&format!("/runs/{run}/approve-plan"), &serde_json::json!({"approvedBy": "t"}));
-    assert_eq!(st, 200, "{v}");
+    // Approved over D-Bus: the method's own signal must wake the worker.
+    let approve = machinactl(&bus.address, None, &["approve", &run]);
+    assert!(approve.status.success(), "{}", String::from_utf8_lossy(&approve.stderr));
     m.wait_for(&run, "succeeded", Duration::from_secs(60), |v| v["status"] == "succeeded");
+    // And over HTTP.
+    let second = m.enqueue_commands(&[&["/usr/bin/true"]]);
+    m.wait_for(&second, "waiting_input", Duration::from_secs(60), |v| v["status"] == "waiting_input");
+    let (st, v) = m.post(&format!("/runs/{second}/approve-plan"), &serde_json::json!({"approvedBy": "t"}));
+    assert_eq!(st, 200, "{v}");
+    m.wait_for(&second, "succeeded", Duration::from_secs(60), |v| v["status"] == "succeeded");
 }
 
 #[test]

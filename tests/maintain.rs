@@ -41,8 +41,8 @@ fn maintenance_runs_clean_and_fails_on_a_violation() {
     assert_eq!(report["verify"]["violations"], json!([]));
 
     let out = done["tasks"][0]["stdoutSha256"].as_str().unwrap();
-    std::fs::remove_file(m.state.join("artifacts").join(&out[..2]).join(out)).unwrap();
+    std::fs::write(m.state.join("artifacts").join(&out[..2]).join(out), b"tampered").unwrap();
     let (code, report) = maintain(&m, &["--verify-only", "--full"]);
     assert_eq!(code, Some(1), "{report}");
-    assert_eq!(report["verify"]["violations"][0]["check"], "artifact_missing");
+    assert_eq!(report["verify"]["violations"][0]["check"], "artifact_corrupt");
 }

@@ -81,18 +81,24 @@ fn snapshot_then_restore_brings_back_exactly_the_snapshotted_state() {
 #[test]
 fn snapshot_methods_over_dbus_go_through_the_request_channel() {
     let bus = common::dbus::PrivateBus::start();
-    let requests = tempfile::tempdir().unwrap();
+    let (requests, results) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let m = Machina::new(&format!(
-        "[bus]\naddress = \"{}\"\n[snapshot]\nbackend = \"copy\"\nrequest_dir = \"{}\"\n",
+        "[bus]\naddress = \"{}\"\n[snapshot]\nbackend = \"copy\"\nrequest_dir = \"{}\"\nresult_dir = \"{}\"\n",
         bus.address,
-        requests.path().display()
+        requests.path().display(),
+        results.path().display()
     ));
     let mut m = m;
     m.start_api();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let server = {
-        let (stop, dir, conf, state) =
-            (stop.clone(), requests.path().to_path_buf(), m.dir.path().join("config.d"), m.state.clone());
+        let (stop, dir, out, conf, state) = (
+            stop.clone(),
+            requests.path().to_path_buf(),
+            results.path().to_path_buf(),
+            m.dir.path().join("config.d"),
+            m.state.clone(),
+        );
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let queued = std::fs::read_dir(&dir)
@@ -107,6 +113,8 @@ fn snapshot_methods_over_dbus_go_through_the_request_channel() {
                         .arg(&state)
                         .args(["serve-requests", "--requests"])
                         .arg(&dir)
+                        .arg("--results")
+                        .arg(&out)
                         .env("MACHINA_LOG_TARGET", "stderr")
                         .env("MACHINA_LOG", "warn")
                         .status()

@@ -50,8 +50,7 @@ impl Manager {
         Self { st }
     }
 
-    /// Look up and authorize the sender of `hdr`: root, the service's own user, or a
-    /// member of the admin group.
+    /// Look up and authorize the sender of `hdr`: root or a member of the admin group.
     async fn caller(&self, conn: &Connection, hdr: &Header<'_>) -> Result<Caller, BusError> {
         let sender = hdr.sender().ok_or_else(|| BusError::AccessDenied("the call has no sender".into()))?;
         let creds = zbus::fdo::DBusProxy::new(conn)
@@ -76,13 +75,14 @@ impl Manager {
     }
 }
 
-/// The caller's name, and whether it may call: root, our own uid, or a member of `admin_group`
-/// (by the supplementary groups the bus reports, or by the group database).
+/// The caller's name, and whether it may call: root or a member of `admin_group` (by the
+/// supplementary groups the bus reports, or by the group database). Not machina's own user:
+/// tasks run as that user, and no machina process calls these methods.
 fn authorize(uid: u32, groups: &[u32], admin_group: &str) -> (String, bool) {
     use nix::unistd::{Gid, Group, Uid, User};
     let user = User::from_uid(Uid::from_raw(uid)).ok().flatten();
     let name = user.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| uid.to_string());
-    if uid == 0 || uid == Uid::effective().as_raw() {
+    if uid == 0 {
         return (name, true);
     }
     let Some(group) = Group::from_name(admin_group).ok().flatten() else { return (name, false) };
@@ -188,7 +188,7 @@ impl Manager {
         }
         let run = self.st.ledger.approve_plan(run_id, &caller.user, sha).await.map_err(ApiError::from)?;
         tracing::info!(run_id = %run.id, approver = %caller.user, uid = caller.uid, "plan approved over D-Bus");
-        announce(&self.st, &run).await;
+        announce_on(conn, &run).await;
         to_json(&run)
     }
 
@@ -202,7 +202,7 @@ impl Manager {
         let _busy = self.st.activity.begin();
         self.caller(conn, &hdr).await?;
         let run = self.st.ledger.retry_run(run_id).await.map_err(ApiError::from)?;
-        announce(&self.st, &run).await;
+        announce_on(conn, &run).await;
         to_json(&run)
     }
 
@@ -216,7 +216,7 @@ impl Manager {
         let _busy = self.st.activity.begin();
         self.caller(conn, &hdr).await?;
         let run = self.st.ledger.cancel_run(run_id).await.map_err(ApiError::from)?;
-        announce(&self.st, &run).await;
+        announce_on(conn, &run).await;
         to_json(&run)
     }
 
@@ -238,9 +238,7 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), BusError> {
         self.set_paused(partition, false, conn, &hdr).await?;
-        if let Some(bus) = &self.st.bus {
-            let _ = signals::tasks_queued(bus, "", 0).await;
-        }
+        let _ = signals::tasks_queued(conn, "", 0).await;
         Ok(())
     }
 
@@ -272,7 +270,8 @@ impl Manager {
         let _busy = self.st.activity.begin();
         self.caller(conn, &hdr).await?;
         let sample = if full { usize::MAX } else { self.st.settings.maintenance.verify_sample };
-        let report = self.st.ledger.verify(sample).await.map_err(ApiError::from)?;
+        let recent_ms = (self.st.settings.maintenance.artifact_grace_secs * 1000) as i64;
+        let report = self.st.ledger.verify(sample, recent_ms).await.map_err(ApiError::from)?;
         for v in &report.violations {
             tracing::error!(message_id = machina_core::log::MSG_VERIFY_FAILED, check = %v.check,
                 "integrity violation: {}: {}", v.check, v.detail);
@@ -372,7 +371,8 @@ impl Manager {
     async fn snapshot_op(&self, conn: &Connection, hdr: &Header<'_>, op: SnapshotOp) -> Result<String, BusError> {
         let _busy = self.st.activity.begin();
         let caller = self.caller(conn, hdr).await?;
-        crate::snapshots::ask(self.st.settings.snapshot.request_dir.clone(), &caller.user, op).await
+        let s = &self.st.settings.snapshot;
+        crate::snapshots::ask(s.request_dir.clone(), s.result_dir.clone(), &caller.user, op).await
     }
 
     async fn overview(&self) -> zbus::fdo::Result<machina_ledger::Overview> {
@@ -396,10 +396,17 @@ impl Manager {
     }
 }
 
-/// Tell the bus about a run the API just changed: its new state, and wake workers when
-/// it has work for them. Best effort: signals are hints, the ledger is the truth.
+/// Tell the bus about a run an HTTP request just changed (see [`announce_on`]).
 pub async fn announce(st: &AppState, run: &RunRecord) {
-    let Some(bus) = &st.bus else { return };
+    if let Some(bus) = &st.bus {
+        announce_on(bus, run).await;
+    }
+}
+
+/// Tell the bus about a run the API just changed: its new state, and wake workers when
+/// it has work for them. Best effort: signals are hints, the ledger is the truth. (The
+/// manager's methods pass their own connection: the state they were built with predates it.)
+pub async fn announce_on(bus: &Connection, run: &RunRecord) {
     let status = run.status.as_str();
     // The wake-up first: a worker's start is what someone waits for.
     if matches!(status, "queued" | "executing") {

@@ -211,6 +211,13 @@ async fn supervise(state: AppState, shutdown: CancellationToken) {
         if !idle_limit.is_zero() && idle >= idle_limit {
             tracing::info!(idle_secs = idle.as_secs(), "idle: exiting until the next request or D-Bus call");
             machina_daemon::notify::status("idle: exiting");
+            // Give the name back first: a call sent from now on waits for the next activation
+            // instead of reaching a process on its way out.
+            if let Some(bus) = &state.bus
+                && let Err(e) = bus.release_name(machina_bus::BUS_NAME).await
+            {
+                tracing::warn!("cannot release {}: {e}", machina_bus::BUS_NAME);
+            }
             shutdown.cancel();
             return;
         }

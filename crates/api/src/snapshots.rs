@@ -12,8 +12,8 @@ const ANSWER_WAIT: Duration = Duration::from_secs(20);
 /// How often the answer is looked for.
 const ANSWER_POLL: Duration = Duration::from_millis(50);
 
-/// Queue `op` for the snapshot service as `user` and wait for its answer (JSON).
-pub async fn ask(dir: PathBuf, user: &str, op: SnapshotOp) -> Result<String, BusError> {
+/// Queue `op` for the snapshot service as `user` and wait for its answer (JSON) in `results`.
+pub async fn ask(dir: PathBuf, results: PathBuf, user: &str, op: SnapshotOp) -> Result<String, BusError> {
     let id = uuid::Uuid::now_v7().simple().to_string();
     let req = SnapshotRequest { id: id.clone(), requested_by: user.to_string(), op };
     let d = dir.clone();
@@ -28,8 +28,8 @@ pub async fn ask(dir: PathBuf, user: &str, op: SnapshotOp) -> Result<String, Bus
         })?;
     let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
     loop {
-        let (d, i) = (dir.clone(), id.clone());
-        let answer = tokio::task::spawn_blocking(move || channel::take_result(&d, &i))
+        let (d, i) = (results.clone(), id.clone());
+        let answer = tokio::task::spawn_blocking(move || channel::result(&d, &i))
             .await
             .map_err(|e| BusError::Internal(e.to_string()))?
             .map_err(|e| BusError::Internal(format!("reading the snapshot answer: {e}")))?;
@@ -40,10 +40,16 @@ pub async fn ask(dir: PathBuf, user: &str, op: SnapshotOp) -> Result<String, Bus
             };
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(BusError::Unavailable(format!(
-                "snapshot request {id} was not answered within {} s (still queued or running; see machinactl snapshot list)",
-                ANSWER_WAIT.as_secs()
-            )));
+            let (d, i) = (dir.clone(), id.clone());
+            let withdrawn = tokio::task::spawn_blocking(move || channel::withdraw(&d, &i)).await.unwrap_or(false);
+            return Err(BusError::Unavailable(if withdrawn {
+                format!("snapshot request {id} was not answered within {} s and was withdrawn", ANSWER_WAIT.as_secs())
+            } else {
+                format!(
+                    "snapshot request {id} is still running after {} s; see machinactl snapshot list",
+                    ANSWER_WAIT.as_secs()
+                )
+            }));
         }
         tokio::time::sleep(ANSWER_POLL).await;
     }

@@ -156,8 +156,12 @@ pub struct SnapshotSettings {
     pub keep_scheduled: usize,
     /// Manual and pre-restore snapshots kept (the newest); pinned ones are never deleted.
     pub keep_manual: usize,
-    /// Where the API queues snapshot requests for the root-run snapshot service.
+    /// Where the API queues snapshot requests for the root-run snapshot service (owned by
+    /// the API's user; must match machina-snapshot-requests.path).
     pub request_dir: PathBuf,
+    /// Where the snapshot service answers (root-owned, readable by the API's group; must
+    /// match machina-snapshot-requests.service).
+    pub result_dir: PathBuf,
 }
 
 impl Default for SnapshotSettings {
@@ -169,6 +173,7 @@ impl Default for SnapshotSettings {
             keep_scheduled: 5,
             keep_manual: 10,
             request_dir: PathBuf::from("/run/machina/snapshot-requests"),
+            result_dir: PathBuf::from("/run/machina-snapshot-results"),
         }
     }
 }

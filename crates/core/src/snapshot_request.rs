@@ -71,42 +71,53 @@ pub fn is_valid_request_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let dest = dir.join(name);
-    std::fs::write(&tmp, bytes)?;
-    // The file belongs to whoever owns the channel (the API's user), whoever wrote it: the
-    // root-run service's answers must be readable, and removable, by the API.
-    // Only when it differs: the API's sandbox refuses chown(2) altogether.
-    let (owner, file) = (std::fs::metadata(dir)?, std::fs::metadata(&tmp)?);
-    if (owner.uid(), owner.gid()) != (file.uid(), file.gid()) {
-        std::os::unix::fs::chown(&tmp, Some(owner.uid()), Some(owner.gid()))?;
-    }
-    std::fs::rename(&tmp, &dest)?;
-    Ok(dest)
+/// Largest request file read (a request is a few hundred bytes).
+const REQUEST_MAX_BYTES: u64 = 64 * 1024;
+/// Answers nobody collected are removed after this long.
+pub const RESULT_KEEP_SECS: u64 = 600;
+
+fn io_err(m: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string())
 }
 
-/// Drop a request into `dir`.
+/// Drop a request into `dir` (the API's side: its own directory).
 pub fn submit(dir: &Path, req: &SnapshotRequest) -> std::io::Result<PathBuf> {
     if !is_valid_request_id(&req.id) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid request id"));
     }
     let bytes = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-    write_atomically(dir, &format!("{}{REQUEST_SUFFIX}", req.id), &bytes)
+    let tmp = dir.join(format!(".{}.tmp", req.id));
+    let dest = dir.join(format!("{}{REQUEST_SUFFIX}", req.id));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, &dest)?;
+    Ok(dest)
 }
 
-/// Answer a request (the service side) and remove it.
-pub fn answer(dir: &Path, result: &SnapshotResult) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(result).map_err(std::io::Error::other)?;
-    write_atomically(dir, &format!("{}{RESULT_SUFFIX}", result.id), &bytes)?;
-    match std::fs::remove_file(dir.join(format!("{}{REQUEST_SUFFIX}", result.id))) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+/// Read one request file without trusting it: the directory belongs to the (less
+/// privileged) API user, so the file may be a symlink, a FIFO, huge, or lie about its id.
+fn read_request(path: &Path) -> std::io::Result<SnapshotRequest> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits()).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io_err("not a regular file"));
     }
+    let mut bytes = Vec::new();
+    f.take(REQUEST_MAX_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > REQUEST_MAX_BYTES {
+        return Err(io_err("too large"));
+    }
+    let req: SnapshotRequest = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+    let stem = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(REQUEST_SUFFIX));
+    if !is_valid_request_id(&req.id) || stem != Some(req.id.as_str()) {
+        return Err(io_err("its id does not match its name"));
+    }
+    Ok(req)
 }
 
 /// Pending requests in `dir`, oldest name first (ids sort by time when they are UUIDv7).
+/// Anything unreadable, malformed or not a plain file is removed so it cannot wedge the channel.
 pub fn pending(dir: &Path) -> std::io::Result<Vec<SnapshotRequest>> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -117,59 +128,123 @@ pub fn pending(dir: &Path) -> std::io::Result<Vec<SnapshotRequest>> {
     names.sort();
     let mut out = Vec::new();
     for p in names {
-        match std::fs::read(&p).map(|b| serde_json::from_slice::<SnapshotRequest>(&b)) {
-            Ok(Ok(r)) if is_valid_request_id(&r.id) => out.push(r),
-            // Unreadable or malformed: drop it so it cannot wedge the channel.
-            _ => {
-                let _ = std::fs::remove_file(&p);
+        match read_request(&p) {
+            Ok(r) => out.push(r),
+            Err(_) => {
+                let _ = std::fs::remove_file(&p); // unlink never follows a symlink
             }
         }
     }
     Ok(out)
 }
 
-/// Take the answer to request `id` if it is there (and remove it).
-pub fn take_result(dir: &Path, id: &str) -> std::io::Result<Option<SnapshotResult>> {
-    let path = dir.join(format!("{id}{RESULT_SUFFIX}"));
-    let bytes = match std::fs::read(&path) {
+/// Answer a request (the root-run service's side): the result goes into `results`, a
+/// directory only root may write (so nothing can be planted there), readable by the API's
+/// group; the request is removed from `requests`.
+pub fn answer(requests: &Path, results: &Path, result: &SnapshotResult) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    if !is_valid_request_id(&result.id) {
+        return Err(io_err("invalid request id"));
+    }
+    let bytes = serde_json::to_vec(result).map_err(std::io::Error::other)?;
+    let tmp = results.join(format!(".{}.tmp", result.id));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&tmp)?;
+    f.write_all(&bytes)?;
+    // Readable by the directory's group (the API's), whatever this process's umask.
+    std::os::unix::fs::fchown(&f, None, Some(std::fs::metadata(results)?.gid()))?;
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))?;
+    drop(f);
+    std::fs::rename(&tmp, results.join(format!("{}{RESULT_SUFFIX}", result.id)))?;
+    match std::fs::remove_file(requests.join(format!("{}{REQUEST_SUFFIX}", result.id))) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Remove answers older than [`RESULT_KEEP_SECS`] (the service's side; the API cannot delete).
+pub fn remove_stale_results(results: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for e in std::fs::read_dir(results)?.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > RESULT_KEEP_SECS);
+        if old && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The answer to request `id`, if it is there (the API's side).
+pub fn result(results: &Path, id: &str) -> std::io::Result<Option<SnapshotResult>> {
+    if !is_valid_request_id(id) {
+        return Err(io_err("invalid request id"));
+    }
+    let bytes = match std::fs::read(results.join(format!("{id}{RESULT_SUFFIX}"))) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let _ = std::fs::remove_file(&path);
     serde_json::from_slice(&bytes).map(Some).map_err(std::io::Error::other)
+}
+
+/// Withdraw a request nobody answered yet (the API gave up waiting): true if it was withdrawn.
+pub fn withdraw(requests: &Path, id: &str) -> bool {
+    is_valid_request_id(id) && std::fs::remove_file(requests.join(format!("{id}{REQUEST_SUFFIX}"))).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn req(id: &str, op: SnapshotOp) -> SnapshotRequest {
+        SnapshotRequest { id: id.into(), requested_by: "alice".into(), op }
+    }
+
     #[test]
-    fn a_request_round_trips_through_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let req = SnapshotRequest {
-            id: "0001".into(),
-            requested_by: "alice".into(),
-            op: SnapshotOp::Create { label: Some("before upgrade".into()) },
-        };
-        submit(dir.path(), &req).unwrap();
-        std::fs::write(dir.path().join("0000.request"), b"not json").unwrap();
-        assert_eq!(pending(dir.path()).unwrap(), vec![req.clone()], "the malformed one is dropped");
-        assert!(take_result(dir.path(), "0001").unwrap().is_none());
+    fn a_request_round_trips_through_the_directories() {
+        let (requests, results) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let create = req("0001", SnapshotOp::Create { label: Some("before upgrade".into()) });
+        let pin = req("0002", SnapshotOp::Pin { snapshot: "20261123T000000Z-manual".into(), pinned: true });
+        submit(requests.path(), &create).unwrap();
+        submit(requests.path(), &pin).unwrap();
+        assert_eq!(pending(requests.path()).unwrap(), vec![create, pin], "every op survives the round trip");
+        assert!(result(results.path(), "0001").unwrap().is_none());
         let res =
             SnapshotResult { id: "0001".into(), ok: Some(serde_json::json!({"x": 1})), error_kind: None, error: None };
-        answer(dir.path(), &res).unwrap();
-        assert!(pending(dir.path()).unwrap().is_empty(), "answered requests are removed");
-        assert_eq!(take_result(dir.path(), "0001").unwrap(), Some(res));
-        assert!(take_result(dir.path(), "0001").unwrap().is_none(), "a result is taken once");
-        let pin = SnapshotRequest {
-            id: "0002".into(),
-            requested_by: "bob".into(),
-            op: SnapshotOp::Pin { snapshot: "20261123T000000Z-manual".into(), pinned: true },
-        };
-        submit(dir.path(), &pin).unwrap();
-        assert_eq!(pending(dir.path()).unwrap(), vec![pin], "every op survives the round trip");
-        let bad = SnapshotRequest { id: "../x".into(), ..req };
-        assert!(submit(dir.path(), &bad).is_err());
+        answer(requests.path(), results.path(), &res).unwrap();
+        assert_eq!(pending(requests.path()).unwrap().len(), 1, "the answered request is removed");
+        assert_eq!(result(results.path(), "0001").unwrap(), Some(res));
+        assert!(withdraw(requests.path(), "0002") && pending(requests.path()).unwrap().is_empty());
+        assert!(submit(requests.path(), &req("../x", SnapshotOp::List)).is_err());
+    }
+
+    #[test]
+    fn hostile_request_files_are_dropped_not_followed() {
+        let (requests, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let secret = outside.path().join("secret");
+        std::fs::write(&secret, serde_json::to_vec(&req("0003", SnapshotOp::List)).unwrap()).unwrap();
+        std::os::unix::fs::symlink(&secret, requests.path().join("0003.request")).unwrap();
+        std::fs::write(requests.path().join("0004.request"), b"not json").unwrap();
+        // A valid request under another request's name.
+        std::fs::write(
+            requests.path().join("0005.request"),
+            serde_json::to_vec(&req("0006", SnapshotOp::List)).unwrap(),
+        )
+        .unwrap();
+        nix::unistd::mkfifo(&requests.path().join("0007.request"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(pending(requests.path()).unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(requests.path()).unwrap().count(), 0, "all removed");
+        assert!(secret.exists(), "the symlink's target is untouched");
     }
 }

@@ -328,7 +328,9 @@ impl Ledger {
     /// Check integrity: `PRAGMA quick_check`, the SQL oracles (no receipt seen twice, no task
     /// key twice, artifact names, run counters) and artifact bytes against their names — all
     /// of them up to `sample`, else a rotating window of `sample` per call.
-    pub async fn verify(&self, sample: usize) -> Result<VerifyReport> {
+    /// A missing file whose row was stored within `recent_ms` is not a violation: its put may
+    /// still be writing it.
+    pub async fn verify(&self, sample: usize, recent_ms: i64) -> Result<VerifyReport> {
         let store = self.artifacts.clone();
         let cursor: String = self
             .read(|c, _| {
@@ -338,7 +340,8 @@ impl Ledger {
                     .unwrap_or_default())
             })
             .await?;
-        let (report, next) = self.read(move |c, _| maintain::verify(c, &store, sample.max(1), &cursor)).await?;
+        let (report, next) =
+            self.read(move |c, now| maintain::verify(c, &store, sample.max(1), &cursor, now - recent_ms)).await?;
         self.writer
             .write(move |c, _| {
                 c.prepare_cached(

@@ -138,6 +138,7 @@ pub(crate) fn verify(
     store: &ArtifactStore,
     sample: usize,
     cursor: &str,
+    touched_since: i64,
 ) -> Result<(VerifyReport, String)> {
     let mut report = VerifyReport::default();
     let mut flag = |check: &str, detail: String| report.violations.push(Violation { check: check.into(), detail });
@@ -168,16 +169,19 @@ pub(crate) fn verify(
     }
     report.artifacts_total = one("SELECT COUNT(*) FROM artifacts")? as u64;
     let all = report.artifacts_total as usize <= sample;
-    let rows: Vec<(String, i64)> = c
-        .prepare_cached("SELECT sha256, size FROM artifacts WHERE sha256 > ?1 ORDER BY sha256 LIMIT ?2")?
-        .query_map(params![if all { "" } else { cursor }, sample as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let rows: Vec<(String, i64, i64)> = c
+        .prepare_cached("SELECT sha256, size, touched_at FROM artifacts WHERE sha256 > ?1 ORDER BY sha256 LIMIT ?2")?
+        .query_map(params![if all { "" } else { cursor }, sample as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     // A window that reached the end starts over at the beginning next time.
     let next =
         if all || rows.len() < sample { String::new() } else { rows.last().map(|r| r.0.clone()).unwrap_or_default() };
-    for (sha, size) in &rows {
+    for (sha, size, touched_at) in &rows {
         report.artifacts_checked += 1;
         match std::fs::read(store.path_of(sha)) {
+            // A put registers its row before it writes the file: a recent row may not have its
+            // file yet (or its writer died; garbage collection takes the row after the grace).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && *touched_at > touched_since => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => flag("artifact_missing", sha.clone()),
             Err(e) => flag("artifact_unreadable", format!("{sha}: {e}")),
             Ok(bytes) if ArtifactStore::sha_of(&bytes) != *sha => {

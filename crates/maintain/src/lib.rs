@@ -105,7 +105,8 @@ pub async fn maintain(
         }
         report.wal_frames_checkpointed = ledger.checkpoint_and_optimize().await?.2;
     }
-    report.verify = ledger.verify(if full { usize::MAX } else { cfg.verify_sample }).await?;
+    let recent_ms = (cfg.artifact_grace_secs * 1000) as i64;
+    report.verify = ledger.verify(if full { usize::MAX } else { cfg.verify_sample }, recent_ms).await?;
     for v in &report.verify.violations {
         tracing::error!(message_id = MSG_VERIFY_FAILED, check = %v.check, "integrity violation: {}: {}", v.check, v.detail);
     }

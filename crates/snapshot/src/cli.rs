@@ -57,9 +57,12 @@ pub enum Command {
     /// Answer the requests the API queued in DIR (D-Bus CreateSnapshot, ListSnapshots, …);
     /// started by machina-snapshot-requests.path.
     ServeRequests {
-        /// The request directory.
+        /// The request directory (owned by the API's user).
         #[arg(long, default_value = "/run/machina/snapshot-requests")]
         requests: PathBuf,
+        /// The answer directory (root-owned, readable by the API's group).
+        #[arg(long, default_value = "/run/machina-snapshot-results")]
+        results: PathBuf,
     },
     /// Replace the state with a snapshot's; the replaced state is kept as a snapshot.
     Restore {
@@ -79,10 +82,25 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("machina-snapshot: {e:#}");
-            let config = e.downcast_ref::<ConfigError>().is_some()
-                || e.downcast_ref::<SnapshotError>().is_some_and(|s| s.kind() == machina_core::ErrorKind::InvalidInput);
-            ExitCode::from(if config { EXIT_CONFIG } else { 1 })
+            ExitCode::from(exit_status(&e))
         }
+    }
+}
+
+/// The exit status for an error, the same as machinactl's: 78 configuration, 3 not found,
+/// 4 illegal state (pinned, another backend's snapshot), 65 invalid input, 69 unavailable
+/// (locked, disk full), 1 anything else.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    use machina_core::ErrorKind as K;
+    if e.downcast_ref::<ConfigError>().is_some() {
+        return EXIT_CONFIG;
+    }
+    match e.downcast_ref::<SnapshotError>().map(SnapshotError::kind) {
+        Some(K::NotFound) => 3,
+        Some(K::IllegalState) => 4,
+        Some(K::InvalidInput | K::InvalidRequest) => 65,
+        Some(K::Unavailable) => 69,
+        _ => 1,
     }
 }
 
@@ -111,10 +129,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     };
     let settings = Settings::load_for_daemon(&paths)?;
     let opened = Snapshots::open(config_from(&settings)?);
-    if let (Command::ServeRequests { requests }, Err(e)) = (&args.command, &opened) {
+    if let (Command::ServeRequests { requests, results }, Err(e)) = (&args.command, &opened) {
         // Answer what is queued with the reason, or the callers wait in vain and the path
         // unit starts this again and again.
-        refuse_requests(requests, e)?;
+        refuse_requests(requests, results, e)?;
     }
     let snaps = opened?;
     let now = jiff::Timestamp::now();
@@ -162,8 +180,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let m = snaps.delete(id)?;
             print(&m, format!("{} deleted\n", m.id));
         }
-        Command::ServeRequests { requests } => {
-            let served = serve_requests(&snaps, requests)?;
+        Command::ServeRequests { requests, results } => {
+            let served = serve_requests(&snaps, requests, results)?;
             print(&served, format!("{served} request(s) answered\n"));
         }
         Command::Restore { id, stop } => {
@@ -186,7 +204,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 /// Answer every pending request in `dir` with `error`.
-fn refuse_requests(dir: &std::path::Path, error: &SnapshotError) -> anyhow::Result<()> {
+fn refuse_requests(dir: &std::path::Path, results: &std::path::Path, error: &SnapshotError) -> anyhow::Result<()> {
     for req in channel::pending(dir).with_context(|| format!("reading requests in {}", dir.display()))? {
         let result = SnapshotResult {
             id: req.id.clone(),
@@ -194,13 +212,14 @@ fn refuse_requests(dir: &std::path::Path, error: &SnapshotError) -> anyhow::Resu
             error_kind: Some(error.kind().as_str().to_string()),
             error: Some(error.to_string()),
         };
-        channel::answer(dir, &result)?;
+        channel::answer(dir, results, &result)?;
     }
     Ok(())
 }
 
 /// Answer every pending request in `dir`; returns how many.
-fn serve_requests(snaps: &Snapshots, dir: &std::path::Path) -> anyhow::Result<usize> {
+fn serve_requests(snaps: &Snapshots, dir: &std::path::Path, results: &std::path::Path) -> anyhow::Result<usize> {
+    channel::remove_stale_results(results).with_context(|| format!("cleaning {}", results.display()))?;
     let pending = channel::pending(dir).with_context(|| format!("reading requests in {}", dir.display()))?;
     for req in &pending {
         tracing::info!(request = %req.id, requested_by = %req.requested_by, op = ?req.op, "snapshot request");
@@ -222,7 +241,7 @@ fn serve_requests(snaps: &Snapshots, dir: &std::path::Path) -> anyhow::Result<us
                 error: Some(e.to_string()),
             },
         };
-        channel::answer(dir, &result).with_context(|| format!("answering request {}", req.id))?;
+        channel::answer(dir, results, &result).with_context(|| format!("answering request {}", req.id))?;
     }
     Ok(pending.len())
 }

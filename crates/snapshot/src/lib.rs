@@ -320,8 +320,9 @@ impl Snapshots {
             let entry = entry.map_err(|e| SnapshotError::io_at("cannot list", dir, e))?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
             let path = entry.path();
-            let orphan_tree = meta::is_valid_id(&name) && !meta::meta_path(dir, &name).exists();
-            if name.starts_with(meta::PARTIAL_PREFIX) || orphan_tree {
+            let orphan_tree = meta::is_generated_id(&name) && !meta::meta_path(dir, &name).exists();
+            let partial = name.strip_prefix(meta::PARTIAL_PREFIX).is_some_and(meta::is_generated_id);
+            if partial || orphan_tree {
                 tracing::warn!(path = %path.display(), "removing what an interrupted snapshot run left behind");
                 self.remove_tree(&path)?;
             } else if name.starts_with('.') && name.ends_with(".json.tmp") {

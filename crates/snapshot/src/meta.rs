@@ -84,6 +84,23 @@ pub fn is_valid_id(id: &str) -> bool {
         && id.as_bytes()[0].is_ascii_digit()
 }
 
+/// Whether `name` has exactly the shape [`new_id`] gives: `YYYYMMDDTHHMMSSZ-<kind>[-N]`.
+/// Only such names are ever treated as ours when cleaning up.
+pub fn is_generated_id(name: &str) -> bool {
+    let b = name.as_bytes();
+    if b.len() < 17 || !b[..8].iter().all(u8::is_ascii_digit) || b[8] != b'T' {
+        return false;
+    }
+    if !b[9..15].iter().all(u8::is_ascii_digit) || &name[15..17] != "Z-" {
+        return false;
+    }
+    let rest = &name[17..];
+    let (kind, n) = rest.rsplit_once('-').filter(|(_, n)| n.bytes().all(|c| c.is_ascii_digit())).unwrap_or((rest, ""));
+    let kind = if n.is_empty() && rest.ends_with('-') { "" } else { kind };
+    ["scheduled", "manual", "pre-restore"].contains(&kind)
+        || (n.is_empty() && ["scheduled", "manual", "pre-restore"].contains(&rest))
+}
+
 /// The id for a snapshot of `kind` made at `at`, unique among `taken`.
 pub fn new_id(kind: Kind, at: Timestamp, taken: impl Fn(&str) -> bool) -> String {
     let base = format!("{}-{}", at.strftime("%Y%m%dT%H%M%SZ"), kind.as_str());
@@ -215,5 +232,20 @@ mod tests {
         assert_eq!(clean_label(None).unwrap(), None);
         assert!(clean_label(Some("a\nb")).is_err());
         assert!(clean_label(Some(&"x".repeat(LABEL_MAX_CHARS + 1))).is_err());
+    }
+}
+
+#[cfg(test)]
+mod generated_id_tests {
+    use super::is_generated_id;
+
+    #[test]
+    fn only_our_own_names_count_as_ours() {
+        for ours in ["20261123T031500Z-scheduled", "20261123T031500Z-manual-2", "20261123T031500Z-pre-restore"] {
+            assert!(is_generated_id(ours), "{ours}");
+        }
+        for theirs in ["2024-dump", "20261123T031500Z-backup", "20261123-scheduled", "2026112T031500Z-manual", "1"] {
+            assert!(!is_generated_id(theirs), "{theirs}");
+        }
     }
 }

@@ -46,6 +46,9 @@ pub fn stop_for_restore(stop: bool) -> anyhow::Result<Vec<String>> {
     if !stop {
         bail!("machina is running ({}): stop it first, or pass --stop to stop and restart it", active.join(", "));
     }
+    // Masked for the restore: nothing (a request on the socket, a D-Bus activation) may start
+    // the API or a worker while the state is swapped.
+    systemctl(&["mask", "--runtime", "machina-api.service", "machina-api.socket", "machina-worker@.service"])?;
     let status = Command::new("systemctl").arg("stop").args(&active).status().context("running systemctl stop")?;
     if !status.success() {
         bail!("systemctl stop {} failed", active.join(" "));
@@ -53,11 +56,20 @@ pub fn stop_for_restore(stop: bool) -> anyhow::Result<Vec<String>> {
     Ok(active)
 }
 
+fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("systemctl").args(args).status().context("running systemctl")?;
+    if !status.success() {
+        bail!("systemctl {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
 /// Start again what [`stop_for_restore`] stopped (the socket before the services).
 pub fn start_again(units: &[String]) -> anyhow::Result<()> {
     if units.is_empty() {
         return Ok(());
     }
+    systemctl(&["unmask", "--runtime", "machina-api.service", "machina-api.socket", "machina-worker@.service"])?;
     let status = Command::new("systemctl").arg("start").args(units).status().context("running systemctl start")?;
     if !status.success() {
         bail!("systemctl start {} failed: start them by hand", units.join(" "));
