@@ -50,6 +50,13 @@ impl Manager {
         Self { st }
     }
 
+    /// Start a method call: the service is busy (no idle exit) until the guard drops, and
+    /// the caller is authorized.
+    async fn enter(&self, conn: &Connection, hdr: &Header<'_>) -> Result<(crate::activity::Busy, Caller), BusError> {
+        let busy = self.st.activity.begin();
+        Ok((busy, self.caller(conn, hdr).await?))
+    }
+
     /// Look up and authorize the sender of `hdr`: root or a member of the admin group.
     async fn caller(&self, conn: &Connection, hdr: &Header<'_>) -> Result<Caller, BusError> {
         let sender = hdr.sender().ok_or_else(|| BusError::AccessDenied("the call has no sender".into()))?;
@@ -107,8 +114,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        let caller = self.caller(conn, &hdr).await?;
+        let (_busy, caller) = self.enter(conn, &hdr).await?;
         let rid = (!request_id.is_empty()).then(|| request_id.to_string());
         let submitted = intents::submit_json(&self.st, intent_json, rid).await?;
         tracing::info!(user = %caller.user, "intent submitted over D-Bus");
@@ -123,8 +129,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        self.caller(conn, &hdr).await?;
+        let _busy = self.enter(conn, &hdr).await?;
         let inputs: Value = serde_json::from_str(inputs_json)
             .map_err(|e| BusError::InvalidInput(format!("inputs_json is not JSON: {e}")))?;
         if !inputs.is_object() {
@@ -142,8 +147,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        self.caller(conn, &hdr).await?;
+        let _busy = self.enter(conn, &hdr).await?;
         to_json(&self.st.ledger.run_detail(run_id).await.map_err(ApiError::from)?)
     }
 
@@ -155,8 +159,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        self.caller(conn, &hdr).await?;
+        let _busy = self.enter(conn, &hdr).await?;
         let status = (!status.is_empty()).then(|| status.parse()).transpose().map_err(BusError::InvalidInput)?;
         let max = self.st.settings.api.max_page_size;
         if limit == 0 || limit > max {
@@ -180,8 +183,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        let caller = self.caller(conn, &hdr).await?;
+        let (_busy, caller) = self.enter(conn, &hdr).await?;
         let sha = (!plan_sha256.is_empty()).then(|| plan_sha256.to_string());
         if let Some(s) = sha.as_deref().filter(|s| !machina_ledger::is_sha256_hex(s)) {
             return Err(BusError::InvalidInput(format!("plan_sha256 {s:?} is not 64 lowercase hex digits")));
@@ -199,8 +201,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        self.caller(conn, &hdr).await?;
+        let _busy = self.enter(conn, &hdr).await?;
         let run = self.st.ledger.retry_run(run_id).await.map_err(ApiError::from)?;
         announce_on(conn, &run).await;
         to_json(&run)
@@ -213,8 +214,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        self.caller(conn, &hdr).await?;
+        let _busy = self.enter(conn, &hdr).await?;
         let run = self.st.ledger.cancel_run(run_id).await.map_err(ApiError::from)?;
         announce_on(conn, &run).await;
         to_json(&run)
@@ -250,8 +250,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        self.caller(conn, &hdr).await?;
+        let _busy = self.enter(conn, &hdr).await?;
         // Not found is an error here, not an empty list, so a typo does not watch forever.
         self.st.ledger.run_status(run_id).await.map_err(ApiError::from)?;
         let after = i64::try_from(after).map_err(|_| BusError::InvalidInput("after is too large".into()))?;
@@ -267,8 +266,7 @@ impl Manager {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        self.caller(conn, &hdr).await?;
+        let _busy = self.enter(conn, &hdr).await?;
         let sample = if full { usize::MAX } else { self.st.settings.maintenance.verify_sample };
         let recent_ms = (self.st.settings.maintenance.artifact_grace_secs * 1000) as i64;
         let report = self.st.ledger.verify(sample, recent_ms).await.map_err(ApiError::from)?;
@@ -369,8 +367,7 @@ impl Manager {
 
 impl Manager {
     async fn snapshot_op(&self, conn: &Connection, hdr: &Header<'_>, op: SnapshotOp) -> Result<String, BusError> {
-        let _busy = self.st.activity.begin();
-        let caller = self.caller(conn, hdr).await?;
+        let (_busy, caller) = self.enter(conn, hdr).await?;
         let s = &self.st.settings.snapshot;
         crate::snapshots::ask(s.request_dir.clone(), s.result_dir.clone(), &caller.user, op).await
     }
@@ -387,8 +384,7 @@ impl Manager {
         conn: &Connection,
         hdr: &Header<'_>,
     ) -> Result<(), BusError> {
-        let _busy = self.st.activity.begin();
-        let caller = self.caller(conn, hdr).await?;
+        let (_busy, caller) = self.enter(conn, hdr).await?;
         intents::check_partition_key(partition)?;
         self.st.ledger.set_partition_paused(partition, paused).await.map_err(ApiError::from)?;
         tracing::info!(partition, paused, user = %caller.user, "partition {}", if paused { "paused" } else { "resumed" });
