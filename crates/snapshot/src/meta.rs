@@ -87,18 +87,23 @@ pub fn is_valid_id(id: &str) -> bool {
 /// Whether `name` has exactly the shape [`new_id`] gives: `YYYYMMDDTHHMMSSZ-<kind>[-N]`.
 /// Only such names are ever treated as ours when cleaning up.
 pub fn is_generated_id(name: &str) -> bool {
+    const KINDS: [&str; 3] = ["scheduled", "manual", "pre-restore"];
     let b = name.as_bytes();
-    if b.len() < 17 || !b[..8].iter().all(u8::is_ascii_digit) || b[8] != b'T' {
-        return false;
-    }
-    if !b[9..15].iter().all(u8::is_ascii_digit) || &name[15..17] != "Z-" {
+    let stamp = b.len() > 17
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && &b[15..17] == b"Z-";
+    if !stamp {
         return false;
     }
     let rest = &name[17..];
-    let (kind, n) = rest.rsplit_once('-').filter(|(_, n)| n.bytes().all(|c| c.is_ascii_digit())).unwrap_or((rest, ""));
-    let kind = if n.is_empty() && rest.ends_with('-') { "" } else { kind };
-    ["scheduled", "manual", "pre-restore"].contains(&kind)
-        || (n.is_empty() && ["scheduled", "manual", "pre-restore"].contains(&rest))
+    // An optional `-N` disambiguates ids made in the same second.
+    let kind = match rest.rsplit_once('-') {
+        Some((kind, n)) if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) => kind,
+        _ => rest,
+    };
+    KINDS.contains(&kind)
 }
 
 /// The id for a snapshot of `kind` made at `at`, unique among `taken`.
