@@ -1,0 +1,1 @@
+//! The `plugin` tool (being written).
