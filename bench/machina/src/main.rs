@@ -45,7 +45,7 @@ fn parse_args() -> Args {
 }
 
 fn noop(name: String) -> TaskSpec {
-    TaskSpec { name, tool: "shell".into(), argv: vec!["/usr/bin/true".into()], timeout_secs: 10 }
+    TaskSpec { name, tool: "shell".into(), argv: vec!["/usr/bin/true".into()], timeout_secs: 10, lease: None }
 }
 
 /// One executing run to hold the benchmark's tasks (its seed task is processed with them).

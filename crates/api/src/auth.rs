@@ -28,6 +28,8 @@ pub enum AuthMode {
     Either,
     /// Both.
     Both,
+    /// No authentication at all (`profile = "dev"` only; refused by the prod profile).
+    None,
 }
 
 impl AuthMode {
@@ -38,18 +40,19 @@ impl AuthMode {
             "hmac" => Self::Hmac,
             "either" => Self::Either,
             "both" => Self::Both,
+            "none" => Self::None,
             _ => return None,
         })
     }
 
     /// Whether the bearer token must be configured.
     pub fn uses_token(self) -> bool {
-        self != Self::Hmac
+        matches!(self, Self::Token | Self::Either | Self::Both)
     }
 
     /// Whether the HMAC secret must be configured.
     pub fn uses_hmac(self) -> bool {
-        self != Self::Token
+        matches!(self, Self::Hmac | Self::Either | Self::Both)
     }
 }
 
@@ -89,6 +92,9 @@ fn check_token(auth: &Auth, headers: &HeaderMap) -> Result<bool, &'static str> {
 /// Authenticate per `api.auth`, then run the request.
 pub async fn require(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let auth = st.auth.clone();
+    if auth.mode == AuthMode::None {
+        return next.run(req).await;
+    }
     let token = match check_token(&auth, req.headers()) {
         Ok(present) => present,
         Err(m) => return unauthorized(m),
@@ -122,6 +128,7 @@ fn missing(auth: &Auth) -> Response {
         AuthMode::Hmac => "missing X-Machina-Signature (HMAC request signing is required)",
         AuthMode::Either => "missing credentials: a bearer token or an HMAC signature",
         AuthMode::Both => "both a bearer token and an HMAC signature are required",
+        AuthMode::None => "authentication is off",
     })
 }
 

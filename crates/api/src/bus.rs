@@ -318,6 +318,56 @@ impl Manager {
         self.snapshot_op(conn, &hdr, SnapshotOp::Delete { snapshot: id.to_string() }).await
     }
 
+    /// Issue a single-use permission lease for `tool` at `tier`, valid `ttl_secs` (0: the
+    /// configured default), issued by the calling user. Returns JSON with the token: the only
+    /// time it is shown.
+    async fn issue_lease(
+        &self,
+        tool: &str,
+        tier: u8,
+        ttl_secs: u64,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        let (_busy, caller) = self.enter(conn, &hdr).await?;
+        let ttl = (ttl_secs > 0).then_some(ttl_secs);
+        to_json(&crate::leases::issue(&self.st, tool, tier, ttl, &caller.user).await?)
+    }
+
+    /// Permission leases (JSON, never tokens): usable ones, or with `all` every one not yet collected.
+    async fn list_leases(
+        &self,
+        all: bool,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        let _busy = self.enter(conn, &hdr).await?;
+        to_json(&self.st.ledger.list_leases(all).await.map_err(ApiError::from)?)
+    }
+
+    /// Revoke an unspent permission lease.
+    async fn revoke_lease(
+        &self,
+        id: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        let (_busy, caller) = self.enter(conn, &hdr).await?;
+        let lease = self.st.ledger.revoke_lease(id).await.map_err(ApiError::from)?;
+        tracing::info!(lease_id = %id, by = %caller.user, "permission lease revoked over D-Bus");
+        to_json(&lease)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    async fn get_config(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        let _busy = self.enter(conn, &hdr).await?;
+        Ok(self.st.settings.to_redacted_toml())
+    }
+
     /// machina's version.
     #[zbus(property)]
     fn version(&self) -> String {

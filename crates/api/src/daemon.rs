@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::AppState;
 use crate::activity::Activity;
 use crate::listeners::{self, Listener};
+use crate::ratelimit::ClientAddr;
 
 /// Name of the systemd credential holding the API token.
 pub const TOKEN_CREDENTIAL: &str = "api-token";
@@ -98,6 +99,9 @@ pub fn load_auth(settings: &Settings, credentials_dir: Option<PathBuf>) -> Resul
         .ok_or_else(|| ConfigError(format!("api.auth {:?} is not token, hmac, either or both", settings.api.auth)))?;
     let token = mode.uses_token().then(|| load_token(settings, credentials_dir.clone())).transpose()?;
     let hmac_secret = mode.uses_hmac().then(|| load_hmac_secret(settings, credentials_dir)).transpose()?;
+    if mode == crate::auth::AuthMode::None {
+        tracing::warn!("api.auth = \"none\": the HTTP API accepts every request unauthenticated (dev profile only)");
+    }
     Ok(crate::auth::Auth { mode, token, hmac_secret, ttl_secs: settings.api.hmac_ttl_secs })
 }
 
@@ -117,6 +121,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let bus_address = BusAddress::parse(&settings.bus.address).map_err(ConfigError)?;
     let listeners = listeners::open(&settings.api.listen).await?;
     let shutdown = CancellationToken::new();
+    let limiter = crate::ratelimit::Limiter::new(settings.api.rate_limit_per_sec, settings.api.rate_limit_burst);
     let mut state = AppState {
         ledger,
         recipes: Arc::new(recipes),
@@ -125,6 +130,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         activity: Activity::new(),
         bus: None,
+        limiter,
     };
     state.bus = serve_bus(&bus_address, &state).await?;
     let signals = tokio::spawn(machina_daemon::cancel_on_signal(shutdown.clone(), "draining in-flight requests"));
@@ -168,8 +174,14 @@ pub async fn serve_all(listeners: Vec<Listener>, state: AppState, shutdown: Canc
         let (app, stop) = (app.clone(), shutdown.clone());
         servers.push(tracker.spawn(async move {
             match l {
-                Listener::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await,
-                Listener::Unix(l) => axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await,
+                Listener::Tcp(l) => {
+                    let app = app.into_make_service_with_connect_info::<ClientAddr>();
+                    axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await
+                }
+                Listener::Unix(l) => {
+                    let app = app.into_make_service_with_connect_info::<ClientAddr>();
+                    axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await
+                }
             }
         }));
     }

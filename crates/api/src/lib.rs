@@ -10,8 +10,10 @@ pub mod bus;
 pub mod daemon;
 pub mod error;
 pub mod extract;
+pub mod leases;
 mod listeners;
 mod metrics;
+pub mod ratelimit;
 mod routes;
 pub mod snapshots;
 
@@ -46,6 +48,8 @@ pub struct AppState {
     pub activity: activity::Activity,
     /// The bus connection signals go out on (`None` with `bus.address = "none"`).
     pub bus: Option<zbus::Connection>,
+    /// Per-client, per-endpoint rate limits (`None`: unlimited).
+    pub limiter: Option<ratelimit::Limiter>,
 }
 
 /// The full router.
@@ -55,6 +59,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(protected)
         .merge(routes::open())
+        .route_layer(middleware::from_fn_with_state(state.clone(), ratelimit::limit))
         .fallback(|| async { ApiError::new(ErrorKind::NotFound, "no such route (see README.md for the API)") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorKind::MethodNotAllowed, "this route does not accept that method")

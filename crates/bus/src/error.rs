@@ -46,7 +46,7 @@ impl BusError {
             ErrorKind::IllegalState | ErrorKind::MethodNotAllowed => Self::IllegalState(m),
             ErrorKind::RetryDrift => Self::RetryDrift(m),
             ErrorKind::Conflict => Self::Conflict(m),
-            ErrorKind::Unavailable => Self::Unavailable(m),
+            ErrorKind::Unavailable | ErrorKind::RateLimited => Self::Unavailable(m),
             ErrorKind::Integrity => Self::Integrity(m),
             ErrorKind::Internal => Self::Internal(m),
         }

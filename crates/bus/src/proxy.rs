@@ -44,6 +44,15 @@ pub trait Manager1 {
     /// Delete a snapshot.
     fn delete_snapshot(&self, id: &str) -> Result<String, BusError>;
 
+    /// Issue a single-use permission lease (ttl 0: the default); JSON with the token.
+    fn issue_lease(&self, tool: &str, tier: u8, ttl_secs: u64) -> Result<String, BusError>;
+    /// Permission leases (JSON; `all` includes spent, revoked and expired ones).
+    fn list_leases(&self, all: bool) -> Result<String, BusError>;
+    /// Revoke an unspent permission lease.
+    fn revoke_lease(&self, id: &str) -> Result<String, BusError>;
+    /// The effective configuration (TOML, secrets redacted).
+    fn get_config(&self) -> Result<String, BusError>;
+
     /// machina's version.
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

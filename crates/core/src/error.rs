@@ -29,6 +29,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
+    /// The client made too many requests to one endpoint; retry after the time given.
+    RateLimited,
     /// The ledger is locked by another process or the disk is full: try again later.
     Unavailable,
     /// Stored data failed its integrity check.
@@ -51,6 +53,7 @@ impl ErrorKind {
             Self::Conflict => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Integrity => "integrity",
             Self::Internal => "internal",
@@ -67,6 +70,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
             Self::InvalidRequest => 422,
+            Self::RateLimited => 429,
             Self::Unavailable => 503,
             Self::Integrity | Self::Internal => 500,
         }

@@ -17,6 +17,10 @@ pub struct TaskSpec {
     pub argv: Vec<String>,
     /// Wall-clock limit in seconds; the whole process group is killed after it.
     pub timeout_secs: u64,
+    /// Permission lease token for a tool above the free tier (single use; absent from the
+    /// canonical form when unset, so keys of tasks without one are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 /// A compiled plan: what the approver sees and binds to by its sha256.
@@ -81,7 +85,13 @@ mod tests {
     use super::*;
 
     fn spec(name: &str) -> TaskSpec {
-        TaskSpec { name: name.into(), tool: "shell".into(), argv: vec!["/usr/bin/true".into()], timeout_secs: 5 }
+        TaskSpec {
+            name: name.into(),
+            tool: "shell".into(),
+            argv: vec!["/usr/bin/true".into()],
+            timeout_secs: 5,
+            lease: None,
+        }
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct TaskTemplate {
     /// Timeout in seconds.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// Permission lease token, usually a placeholder such as `{{lease}}` naming an input;
+    /// empty after rendering means none.
+    #[serde(default)]
+    pub lease: Option<String>,
 }
 
 fn shell() -> String {
@@ -183,7 +187,11 @@ impl Recipe {
                 if argv.is_empty() || argv[0].is_empty() {
                     return Err(render_err(format!("task {name:?} renders to an empty argv")));
                 }
-                tasks.push(TaskSpec { name, tool: t.tool.clone(), argv, timeout_secs: t.timeout_secs });
+                let lease = match &t.lease {
+                    Some(l) => Some(scope.fill(l).map_err(&render_err)?).filter(|l| !l.is_empty()),
+                    None => None,
+                };
+                tasks.push(TaskSpec { name, tool: t.tool.clone(), argv, timeout_secs: t.timeout_secs, lease });
             }
         }
         let plan = Plan { recipe: self.name.clone(), concurrency: w.concurrency, tasks };

@@ -79,7 +79,7 @@ impl FromStr for ErrCode {
 ///
 /// Safe defaults: infrastructure faults (BOOT_FAIL, NET_FAIL, LEASE_LOST) are
 /// retried with capped exponential backoff; a command's own failure fails closed.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Codes that are retried; every other code is terminal.

@@ -123,11 +123,47 @@ pub enum Command {
         #[arg(long)]
         body: Option<PathBuf>,
     },
+    /// Permission leases: single-use tokens that let one task use one tool above the free tier.
+    Lease {
+        /// What to do with leases.
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
+    /// Print the running service's effective configuration (TOML, secrets redacted).
+    Config,
     /// Check the ledger's integrity; exits 1 if anything is wrong.
     Verify {
         /// Hash every artifact, not just the configured sample.
         #[arg(long)]
         full: bool,
+    },
+}
+
+/// `machinactl lease …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum LeaseCommand {
+    /// Issue a lease; prints its token once (give it to the task's intent, e.g. as an input).
+    Issue {
+        /// Tool it lets one task use (shell, http, file or a plugin's name).
+        #[arg(long)]
+        tool: String,
+        /// The tool's tier (1 … 3); the lease is bound to it.
+        #[arg(long)]
+        tier: u8,
+        /// Lifetime in seconds (default: leases.default_ttl_secs).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
+    /// List usable leases (never their tokens).
+    List {
+        /// Also spent, revoked and expired ones not yet collected.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke an unspent lease.
+    Revoke {
+        /// Lease id.
+        id: String,
     },
 }
 

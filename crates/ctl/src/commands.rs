@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cli::{Cli, Command, Output};
+use crate::cli::{Cli, Command, LeaseCommand, Output};
 use crate::exit::{self, CtlError};
 use crate::render;
 
@@ -74,6 +74,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Info => info(&proxy, out).await,
         Command::Snapshot { .. } | Command::Sign { .. } => unreachable!("handled before connecting"),
+        Command::Lease { command } => lease(&proxy, command, out).await,
+        Command::Config => {
+            print!("{}", proxy.get_config().await?);
+            Ok(exit::OK)
+        }
         Command::Verify { full } => {
             let json = proxy.verify(full).await?;
             print_doc(out, &json, render::verify)?;
@@ -173,6 +178,16 @@ fn print_doc(out: Output, json: &str, text: fn(&Value) -> String) -> Result<u8> 
         }
     }
     Ok(exit::OK)
+}
+
+async fn lease(proxy: &Manager1Proxy<'_>, command: LeaseCommand, out: Output) -> Result<u8> {
+    match command {
+        LeaseCommand::Issue { tool, tier, ttl_secs } => {
+            print_doc(out, &proxy.issue_lease(&tool, tier, ttl_secs.unwrap_or(0)).await?, render::lease_issued)
+        }
+        LeaseCommand::List { all } => print_doc(out, &proxy.list_leases(all).await?, render::lease_table),
+        LeaseCommand::Revoke { id } => print_doc(out, &proxy.revoke_lease(&id).await?, render::lease_line),
+    }
 }
 
 async fn info(proxy: &Manager1Proxy<'_>, out: Output) -> Result<u8> {

@@ -218,3 +218,34 @@ mod tests {
         assert!(event_line(&e).ends_with("state compiling -> waiting_input"), "{}", event_line(&e));
     }
 }
+
+/// A lease just issued: its token on its own line (for scripts: `| tail -1`).
+pub fn lease_issued(v: &Value) -> String {
+    format!("{}{}\n", lease_line(v), v["token"].as_str().unwrap_or(""))
+}
+
+/// One lease.
+pub fn lease_line(v: &Value) -> String {
+    let state = if !v["revoked_at_ms"].is_null() {
+        "revoked"
+    } else if !v["consumed_by"].is_null() {
+        "used"
+    } else {
+        "usable"
+    };
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    format!(
+        "lease {} tool={} tier={} issued_by={} expires_at_ms={} {state}\n",
+        s("id"),
+        s("tool"),
+        v["tier"],
+        s("issued_by"),
+        v["expires_at_ms"]
+    )
+}
+
+/// Leases, one per line.
+pub fn lease_table(v: &Value) -> String {
+    let rows = v.as_array().map(|a| a.iter().map(lease_line).collect::<String>()).unwrap_or_default();
+    if rows.is_empty() { "no leases\n".into() } else { rows }
+}

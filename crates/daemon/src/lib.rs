@@ -113,6 +113,10 @@ pub fn setup(paths: PathArgs, adjust: impl FnOnce(&mut Settings)) -> anyhow::Res
     let recipes = RecipeBook::load(&settings.recipe_dirs).map_err(|e| ConfigError(e.to_string()))?;
     let mut opts = LedgerOptions::new(&settings.state_dir);
     opts.retry = settings.retry.clone();
+    opts.durability = match settings.ledger.synchronous.as_str() {
+        "full" => machina_ledger::Durability::Full,
+        _ => machina_ledger::Durability::Normal,
+    };
     let ledger = Ledger::open(opts).context("opening the ledger")?;
     Ok(Setup { settings, recipes, ledger })
 }

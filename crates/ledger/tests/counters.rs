@@ -29,8 +29,13 @@ async fn counters_follow_every_transition() {
     assert_no_drift(l, "retryable failure (requeued)").await;
     l.release_task(&c, "w3").await.unwrap();
     assert_no_drift(l, "release").await;
-    let spec =
-        TaskSpec { name: "late".into(), tool: "shell".into(), argv: vec!["/usr/bin/true".into()], timeout_secs: 5 };
+    let spec = TaskSpec {
+        name: "late".into(),
+        tool: "shell".into(),
+        argv: vec!["/usr/bin/true".into()],
+        timeout_secs: 5,
+        lease: None,
+    };
     l.append_tasks(&run, vec![spec]).await.unwrap();
     assert_no_drift(l, "append").await;
     let d = claim(l, "w1").await;

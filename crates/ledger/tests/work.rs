@@ -96,8 +96,13 @@ async fn appended_tasks_get_plan_keys_and_only_while_executing() {
     let t = TestLedger::new();
     let l = &t.ledger;
     let (intent, run) = executing_run(l, "a", shell_plan(1, 4)).await;
-    let spec =
-        TaskSpec { name: "extra".into(), tool: "shell".into(), argv: vec!["/usr/bin/true".into()], timeout_secs: 5 };
+    let spec = TaskSpec {
+        name: "extra".into(),
+        tool: "shell".into(),
+        argv: vec!["/usr/bin/true".into()],
+        timeout_secs: 5,
+        lease: None,
+    };
     assert_eq!(l.append_tasks(&run, vec![spec.clone()]).await.unwrap(), 1);
     let detail = l.run_detail(&run).await.unwrap();
     assert_eq!(detail.tasks.len(), 2);

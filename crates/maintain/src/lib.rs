@@ -46,6 +46,8 @@ pub struct Report {
     pub workers_forgotten: u64,
     /// Task and compile leases reclaimed.
     pub leases_reclaimed: u64,
+    /// Expired permission leases collected.
+    pub permission_leases_expired: u64,
     /// What pruning removed.
     pub pruned: PruneReport,
     /// WAL frames checkpointed.
@@ -99,6 +101,7 @@ pub async fn maintain(
     if !verify_only {
         (report.dedup_expired, report.workers_forgotten) = ledger.expire((cfg.worker_gone_secs * 1000) as i64).await?;
         report.leases_reclaimed = ledger.reclaim(None).await? as u64;
+        report.permission_leases_expired = ledger.expire_leases().await?;
         if cfg.run_retention_days > 0 {
             let retention = cfg.run_retention_days as i64 * DAY_MS;
             report.pruned = ledger.prune(retention, (cfg.artifact_grace_secs * 1000) as i64).await?;
@@ -115,14 +118,16 @@ pub async fn maintain(
         message_id = MSG_MAINTENANCE_DONE,
         dedup_expired = report.dedup_expired,
         leases_reclaimed = report.leases_reclaimed,
+        permission_leases_expired = report.permission_leases_expired,
         runs_pruned = p.runs,
         artifacts_pruned = p.artifacts,
         artifacts_checked = report.verify.artifacts_checked,
         violations = report.verify.violations.len(),
-        "maintenance done: {} dedup expired, {} leases reclaimed, {} runs and {} artifacts ({} bytes) pruned, \
+        "maintenance done: {} dedup expired, {} leases reclaimed, {} permission leases expired, {} runs and {} artifacts ({} bytes) pruned, \
          {} of {} artifacts verified, {} violation(s)",
         report.dedup_expired,
         report.leases_reclaimed,
+        report.permission_leases_expired,
         p.runs,
         p.artifacts,
         p.artifact_bytes,

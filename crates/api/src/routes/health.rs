@@ -1,4 +1,5 @@
-//! GET /health and GET /metrics (open: no token).
+//! GET /health and GET /metrics (open: no token), and GET /v1/config (authenticated: the
+//! effective configuration, secrets redacted).
 
 use axum::Json;
 use axum::extract::State;
@@ -27,4 +28,8 @@ pub(crate) async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
     let stats = st.ledger.stats().await?;
     let text = crate::metrics::render(&stats);
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
+
+pub(crate) async fn config(State(st): State<AppState>) -> Json<Value> {
+    Json(st.settings.to_redacted_json())
 }

@@ -4,10 +4,11 @@ mod artifacts;
 mod events;
 mod health;
 pub(crate) mod intents;
+mod leases;
 mod runs;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::AppState;
 
@@ -24,6 +25,9 @@ pub(crate) fn protected() -> Router<AppState> {
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/runs/{id}/events", get(events::list_or_stream))
         .route("/artifacts/{sha256}", get(artifacts::get))
+        .route("/leases", post(leases::create).get(leases::list))
+        .route("/leases/{id}", delete(leases::revoke))
+        .route("/config", get(health::config))
 }
 
 /// Routes open to anyone who can reach the socket.

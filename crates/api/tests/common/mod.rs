@@ -42,6 +42,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
         shutdown: shutdown.clone(),
         activity: machina_api::activity::Activity::new(),
         bus: None,
+        limiter: machina_api::ratelimit::Limiter::new(settings.api.rate_limit_per_sec, settings.api.rate_limit_burst),
     };
     tokio::spawn(machina_api::daemon::serve(listener, state, shutdown.clone()));
     Server { base, ledger, settings, http: reqwest::Client::new(), shutdown, dir }

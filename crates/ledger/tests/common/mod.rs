@@ -97,6 +97,7 @@ pub fn shell_plan(n: usize, concurrency: u32) -> Plan {
                 tool: "shell".into(),
                 argv: vec!["/usr/bin/true".into(), i.to_string()],
                 timeout_secs: 5,
+                lease: None,
             })
             .collect(),
     }

@@ -86,6 +86,7 @@ pub(super) fn run_ledger(args: &Args) -> Result<Vec<Measure>> {
                 tool: "shell".into(),
                 argv: vec!["/usr/bin/true".into()],
                 timeout_secs: 10,
+                lease: None,
             };
             let plan = Plan { recipe: RECIPE.into(), concurrency: 1, tasks: vec![spec] };
             let sha = ledger.put_artifact(plan.canonical_bytes(), "application/json").await?;

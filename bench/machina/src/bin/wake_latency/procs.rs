@@ -163,7 +163,8 @@ pub(super) fn write_config(dir: &Path, port: u16, bus: &str, poll_ms: u64) -> Re
             "recipe_dirs = [\"{recipes}\"]\n\
              [api]\ntoken_file = \"{token}\"\nlisten = \"127.0.0.1:{port}\"\nidle_exit_secs = 0\n\
              [bus]\naddress = \"{bus}\"\n\
-             [worker]\npoll_ms = {poll_ms}\n",
+             [worker]\npoll_ms = {poll_ms}\n\
+             [ledger]\nsynchronous = \"full\"\n",
             recipes = recipes.display(),
             token = dir.join("token").display(),
         ),

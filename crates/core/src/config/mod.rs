@@ -6,11 +6,17 @@
 //! name in an earlier one, and files apply in lexical order of their names.
 //! An unknown key is an error naming the file and the key.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::retry::RetryPolicy;
+
+mod profile;
+mod tools;
+
+pub use profile::Profile;
+pub use tools::*;
 
 /// Why settings could not be loaded. Binaries exit 78 (EX_CONFIG) on it.
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +24,12 @@ use crate::retry::RetryPolicy;
 pub struct ConfigError(pub String);
 
 /// Everything configurable, validated.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// `"dev"` or `"prod"`: the defaults every unset setting takes (see [`Profile`]); an
+    /// explicit setting always beats the profile.
+    pub profile: Profile,
     /// Where the ledger and artifacts live (systemd's STATE_DIRECTORY wins when set).
     pub state_dir: PathBuf,
     /// Directories of recipe files, lowest priority first; a recipe in a later
@@ -42,11 +51,31 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// Confinement of every task's process (machina-task-exec).
     pub sandbox: SandboxSettings,
+    /// The ledger file.
+    pub ledger: LedgerSettings,
+    /// Permission leases for tools above the free tier.
+    pub leases: LeaseSettings,
+}
+
+/// Ledger settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// `"full"`: every commit is fsynced (survives power loss; the prod default);
+    /// `"normal"`: fsync at checkpoints only (survives a process crash, not power loss).
+    pub synchronous: String,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self { synchronous: "normal".into() }
+    }
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
+            profile: Profile::Dev,
             state_dir: PathBuf::from("/var/lib/machina"),
             recipe_dirs: vec![PathBuf::from("/usr/lib/machina/recipes.d"), PathBuf::from("/etc/machina/recipes.d")],
             api: ApiSettings::default(),
@@ -57,12 +86,14 @@ impl Default for Settings {
             snapshot: SnapshotSettings::default(),
             retry: RetryPolicy::default(),
             sandbox: SandboxSettings::default(),
+            ledger: LedgerSettings::default(),
+            leases: LeaseSettings::default(),
         }
     }
 }
 
 /// HTTP API settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Address to listen on when systemd hands over no socket.
@@ -84,6 +115,10 @@ pub struct ApiSettings {
     pub hmac_secret_file: Option<PathBuf>,
     /// How far a signed request's timestamp may be from now, and how long its nonce is kept.
     pub hmac_ttl_secs: u64,
+    /// Requests per second one client may make to one endpoint (0 = unlimited).
+    pub rate_limit_per_sec: u32,
+    /// Requests a client may make at once before the rate applies.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for ApiSettings {
@@ -98,12 +133,14 @@ impl Default for ApiSettings {
             auth: "token".into(),
             hmac_secret_file: None,
             hmac_ttl_secs: 60,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 50,
         }
     }
 }
 
 /// Worker settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
     /// Lease length; a worker heartbeats every third of it.
@@ -112,16 +149,18 @@ pub struct WorkerSettings {
     pub poll_ms: u64,
     /// Cap on stored stdout and stderr per task (the rest is dropped, with a marker).
     pub output_cap_bytes: usize,
+    /// Longest wall-clock timeout a task may have; a plan asking for more is cut to it.
+    pub max_task_timeout_secs: u64,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { lease_secs: 30, poll_ms: 1000, output_cap_bytes: 1024 * 1024 }
+        Self { lease_secs: 30, poll_ms: 1000, output_cap_bytes: 1024 * 1024, max_task_timeout_secs: 3600 }
     }
 }
 
 /// Maintenance settings (machina-maintain).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaintenanceSettings {
     /// Finished runs are pruned this many days after they last changed (0 keeps them forever).
@@ -141,7 +180,7 @@ impl Default for MaintenanceSettings {
 }
 
 /// Snapshot settings (machina-snapshot; parsed further by the snapshot crate).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotSettings {
     /// Where snapshots live; beside the state directory, never inside it
@@ -179,7 +218,7 @@ impl Default for SnapshotSettings {
 }
 
 /// D-Bus settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusSettings {
     /// `"system"` (the system bus), `"none"` (no D-Bus: workers poll), or a D-Bus address
@@ -192,100 +231,6 @@ pub struct BusSettings {
 impl Default for BusSettings {
     fn default() -> Self {
         Self { address: "system".into(), admin_group: "machina-admin".into() }
-    }
-}
-
-/// Tool settings.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ToolSettings {
-    /// The shell tool.
-    pub shell: ShellSettings,
-}
-
-/// The shell tool: which executables may run.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShellSettings {
-    /// Executables allowed, by path as written; argv0 must name one of them exactly and
-    /// still resolve to the same file. The defaults read no files (no cat, date -f, sha256sum…).
-    pub allow: Vec<PathBuf>,
-    /// Environment variables passed through to tasks (everything else is cleared).
-    pub env_allow: Vec<String>,
-}
-
-impl Default for ShellSettings {
-    fn default() -> Self {
-        Self {
-            allow: [
-                "/usr/bin/printf",
-                "/usr/bin/echo",
-                "/usr/bin/uname",
-                "/usr/bin/true",
-                "/usr/bin/false",
-                "/usr/bin/sleep",
-            ]
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
-            env_allow: vec!["LANG".into(), "TZ".into()],
-        }
-    }
-}
-
-/// Task sandbox settings: what every task's process is limited to.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SandboxSettings {
-    /// Refuse to run a task (BootFail) unless every protection is in force: landlock,
-    /// TCP denied, no_new_privs, rlimits, no capabilities. Off by default while kernels
-    /// without landlock are supported; the worker logs what it can enforce at startup.
-    pub required: bool,
-    /// RLIMIT_CPU: CPU seconds a task's process may use.
-    pub cpu_secs: u64,
-    /// RLIMIT_AS: address space of a task's process.
-    pub address_space_bytes: u64,
-    /// RLIMIT_FSIZE: largest file a task may write.
-    pub file_size_bytes: u64,
-    /// RLIMIT_NOFILE: open files per process.
-    pub open_files: u64,
-    /// RLIMIT_NPROC: counts every process of the worker's *user* (all workers and their
-    /// tasks together), so it must be generous; root is exempt.
-    pub processes: u64,
-}
-
-impl Default for SandboxSettings {
-    fn default() -> Self {
-        Self {
-            required: false,
-            cpu_secs: 60,
-            address_space_bytes: 1 << 30,
-            file_size_bytes: 64 << 20,
-            open_files: 256,
-            processes: 512,
-        }
-    }
-}
-
-impl SandboxSettings {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: &str| Err(ConfigError(format!("sandbox.{m}")));
-        if self.cpu_secs == 0 {
-            return bad("cpu_secs must be at least 1");
-        }
-        if self.address_space_bytes < 64 << 20 {
-            return bad("address_space_bytes must be at least 67108864 (64 MiB)");
-        }
-        if self.file_size_bytes == 0 {
-            return bad("file_size_bytes must be at least 1");
-        }
-        if self.open_files < 16 {
-            return bad("open_files must be at least 16");
-        }
-        if self.processes < 16 {
-            return bad("processes must be at least 16 (it counts every process of the worker's user)");
-        }
-        Ok(())
     }
 }
 
@@ -311,7 +256,11 @@ impl Settings {
             let table = Self::read_file(path)?;
             merge(&mut merged, table);
         }
-        let s: Settings = toml::Value::Table(merged)
+        // The profile's defaults go under everything that was set explicitly.
+        let profile = Profile::of(&merged)?;
+        let mut layered = profile.defaults();
+        merge(&mut layered, merged);
+        let s: Settings = toml::Value::Table(layered)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError(format!("merged configuration: {e}")))?;
         s.validate()?;
@@ -352,9 +301,6 @@ impl Settings {
         if self.maintenance.artifact_grace_secs < 60 {
             return bad("maintenance.artifact_grace_secs must be at least 60 (writers store before they reference)");
         }
-        if !["token", "hmac", "either", "both"].contains(&self.api.auth.as_str()) {
-            return bad("api.auth must be \"token\", \"hmac\", \"either\" or \"both\"");
-        }
         if self.api.hmac_ttl_secs == 0 {
             return bad("api.hmac_ttl_secs must be at least 1");
         }
@@ -364,11 +310,20 @@ impl Settings {
         if self.api.max_page_size == 0 {
             return bad("api.max_page_size must be at least 1");
         }
-        for p in &self.tools.shell.allow {
-            if !p.is_absolute() {
-                return Err(ConfigError(format!("tools.shell.allow: {} is not an absolute path", p.display())));
-            }
+        if !["token", "hmac", "either", "both", "none"].contains(&self.api.auth.as_str()) {
+            return bad("api.auth must be \"token\", \"hmac\", \"either\", \"both\" or (dev only) \"none\"");
         }
+        if self.api.auth == "none" && self.profile == Profile::Prod {
+            return bad("api.auth = \"none\" is refused by profile \"prod\": configure a token or an HMAC secret");
+        }
+        if !["full", "normal"].contains(&self.ledger.synchronous.as_str()) {
+            return bad("ledger.synchronous must be \"full\" or \"normal\"");
+        }
+        if self.worker.max_task_timeout_secs == 0 {
+            return bad("worker.max_task_timeout_secs must be at least 1");
+        }
+        self.tools.validate(&self.state_dir)?;
+        self.leases.validate()?;
         self.sandbox.validate()?;
         self.retry.validate().map_err(ConfigError)
     }
