@@ -1,1 +1,0 @@
-//! The `http` tool (being written).
