@@ -22,9 +22,13 @@ unit-test: deps
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 
 ## The attack suites on their own (also part of unit-test); ends with the counts.
+ATTACK_SUITES := --test attack_sandbox --test attack_auth --test attack_allowlist --test attack_plugins --test attack_leases
 attack-test: deps
-	$(CARGO) test --test attack_sandbox --test attack_auth -- --nocapture 2>&1 | tee target/attack-test.log | grep -E '^test |attack-suite|test result'
-	@! grep -q 'test result: FAILED' target/attack-test.log
+	{ $(CARGO) test $(ATTACK_SUITES) -- --nocapture; \
+	  $(CARGO) test -p machina-tools --test attack_ssrf --test attack_file -- --nocapture; } 2>&1 \
+	  | tee target/attack-test.log | grep -E '^test |attack-suite|test result'
+	@! grep -qE 'test result: FAILED|^error(\[|:)' target/attack-test.log
+	@grep -h '^attack-suite' target/attack-test.log | awk '{t+=$$3; b+=$$5} END {print "attack-suites total: " t " tried, " b " blocked"}'
 
 ## Debian packages into target/deb/ (lintian-checked).
 deb: deps

@@ -194,31 +194,6 @@ fn sandbox_lines(v: &Value) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn clock_is_utc_time_of_day() {
-        assert_eq!(clock(&json!(3_723_004)), "01:02:03.004");
-        assert_eq!(clock(&json!(null)), "--:--:--");
-    }
-
-    #[test]
-    fn progress_counts_task_states() {
-        let d = json!({"status": "executing", "tasks": [{"status": "succeeded"}, {"status": "leased"}, {"status": "queued"}]});
-        assert_eq!(progress(&d), "executing: 1/3 tasks succeeded, 0 failed, 1 running, 1 queued");
-    }
-
-    #[test]
-    fn events_read_as_sentences() {
-        let e =
-            json!({"seq": 4, "kind": "state_changed", "data": {"from": "compiling", "to": "waiting_input"}, "at": 0});
-        assert!(event_line(&e).ends_with("state compiling -> waiting_input"), "{}", event_line(&e));
-    }
-}
-
 /// A lease just issued: its token on its own line (for scripts: `| tail -1`).
 pub fn lease_issued(v: &Value) -> String {
     format!("{}{}\n", lease_line(v), v["token"].as_str().unwrap_or(""))
@@ -248,4 +223,29 @@ pub fn lease_line(v: &Value) -> String {
 pub fn lease_table(v: &Value) -> String {
     let rows = v.as_array().map(|a| a.iter().map(lease_line).collect::<String>()).unwrap_or_default();
     if rows.is_empty() { "no leases\n".into() } else { rows }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn clock_is_utc_time_of_day() {
+        assert_eq!(clock(&json!(3_723_004)), "01:02:03.004");
+        assert_eq!(clock(&json!(null)), "--:--:--");
+    }
+
+    #[test]
+    fn progress_counts_task_states() {
+        let d = json!({"status": "executing", "tasks": [{"status": "succeeded"}, {"status": "leased"}, {"status": "queued"}]});
+        assert_eq!(progress(&d), "executing: 1/3 tasks succeeded, 0 failed, 1 running, 1 queued");
+    }
+
+    #[test]
+    fn events_read_as_sentences() {
+        let e =
+            json!({"seq": 4, "kind": "state_changed", "data": {"from": "compiling", "to": "waiting_input"}, "at": 0});
+        assert!(event_line(&e).ends_with("state compiling -> waiting_input"), "{}", event_line(&e));
+    }
 }

@@ -36,9 +36,9 @@ pub use db::{BUSY_TIMEOUT_MS, Durability, Pragmas, SCHEMA_VERSION};
 pub use dedup::{DedupKey, Submission, Submitted};
 pub use error::{LedgerError, Result};
 pub use fleet::{Overview, WorkerRecord};
-pub use permissions::{LeaseRecord, NewLease};
 pub use maintain::{PruneReport, VerifyReport, Violation};
 pub use model::*;
+pub use permissions::{LeaseRecord, NewLease};
 pub use queries::RunFilter;
 pub use runs::{CompiledPlan, NewIntent, NewRun};
 

@@ -57,7 +57,7 @@ async fn expired_and_revoked_leases_are_refused_and_expired_ones_collected() {
     t.ledger.revoke_lease(&rid).await.unwrap();
     refused(t.ledger.consume_lease(&token_sha256(&revoked), "http", 2, "k").await, "revoked");
     t.ledger.consume_lease(&token_sha256(&spent), "http", 2, "k").await.unwrap();
-    assert!(matches!(t.ledger.revoke_lease(&rid).await, Ok(_)), "revoking twice is harmless");
+    assert!(t.ledger.revoke_lease(&rid).await.is_ok(), "revoking twice is harmless");
     t.clock.advance_ms(1_000);
     refused(t.ledger.consume_lease(&token_sha256(&short), "http", 2, "k").await, "expired");
     assert_eq!(t.ledger.expire_leases().await.unwrap(), 1, "only the expired one is collected");

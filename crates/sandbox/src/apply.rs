@@ -1,11 +1,12 @@
 //! Applying a [`SandboxSpec`] to the calling process (the wrapper, just before exec).
 
+use crate::loaders::dynamic_loaders;
 use crate::preflight::{abi_number, landlock_abi};
 use crate::{Required, Rlimits, SandboxSpec};
 use caps::CapSet;
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    Scope, path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, path_beneath_rules,
 };
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use serde::Serialize;
@@ -183,11 +184,14 @@ fn restrict_landlock(spec: &SandboxSpec, r: &mut Report) -> Result<(), SandboxEr
     if scoped {
         rs = rs.scope(Scope::from_all(abi)).map_err(ll)?;
     }
+    let rights = Rights::new(spec, abi);
+    let exec_paths = spec.exec_paths.iter().flatten().cloned().chain(rights.loaders());
     let status = rs
         .create()
-        .and_then(|c| c.add_rules(path_beneath_rules(&spec.read_only, AccessFs::from_read(abi))))
-        .and_then(|c| c.add_rules(path_beneath_rules(&spec.devices, AccessFs::from_file(abi))))
-        .and_then(|c| c.add_rule(PathBeneath::new(task_dir, AccessFs::from_all(abi))))
+        .and_then(|c| c.add_rules(path_beneath_rules(&spec.read_only, rights.read)))
+        .and_then(|c| c.add_rules(path_beneath_rules(exec_paths, AccessFs::from_read(abi))))
+        .and_then(|c| c.add_rules(path_beneath_rules(&spec.devices, rights.devices)))
+        .and_then(|c| c.add_rule(PathBeneath::new(task_dir, rights.task_dir)))
         .and_then(|c| c.restrict_self())
         .map_err(ll)?;
     let full = status.ruleset == RulesetStatus::FullyEnforced;
@@ -199,4 +203,33 @@ fn restrict_landlock(spec: &SandboxSpec, r: &mut Report) -> Result<(), SandboxEr
     r.scoped = full && scoped;
     r.no_new_privs |= status.no_new_privs;
     Ok(())
+}
+
+/// The filesystem rights each kind of rule grants.
+struct Rights {
+    read: BitFlags<AccessFs>,
+    devices: BitFlags<AccessFs>,
+    task_dir: BitFlags<AccessFs>,
+    exec_restricted: bool,
+}
+
+impl Rights {
+    fn new(spec: &SandboxSpec, abi: ABI) -> Self {
+        // With exec_paths, nothing else may be executed: not the read-only roots, not
+        // devices, and not what the task wrote into its own directory.
+        let exec_restricted = spec.exec_paths.is_some();
+        let no_exec = |a: BitFlags<AccessFs>| if exec_restricted { a & !BitFlags::from(AccessFs::Execute) } else { a };
+        let task_dir = if spec.task_dir_writable { AccessFs::from_all(abi) } else { AccessFs::from_read(abi) };
+        Self {
+            read: no_exec(AccessFs::from_read(abi)),
+            devices: no_exec(AccessFs::from_file(abi)),
+            task_dir: no_exec(task_dir),
+            exec_restricted,
+        }
+    }
+
+    /// The loaders to make executable: only needed when execution is restricted.
+    fn loaders(&self) -> Vec<std::path::PathBuf> {
+        if self.exec_restricted { dynamic_loaders() } else { Vec::new() }
+    }
 }

@@ -4,18 +4,24 @@
 //! large worker) with a [`SandboxSpec`]; the wrapper calls [`apply`] and then execs the
 //! task's argv. [`apply`] starts a new session, sets `no_new_privs`, lowers rlimits,
 //! drops every capability (the bounding set too, when it may) and restricts itself with
-//! landlock: read+execute beneath the read-only paths, everything beneath the task
-//! directory, no TCP unless the spec allows network, and (landlock ABI 6) no signals or
-//! abstract unix sockets beyond the sandbox. Each step is best effort; the [`Report`]
-//! says what is in force and [`Required`] says what must be, or nothing is exec'd.
+//! landlock: read+execute beneath the read-only paths (or read beneath them and execute
+//! only beneath [`SandboxSpec::exec_paths`]), everything beneath the task directory (or
+//! only reading it), no TCP unless the spec allows network, and (landlock ABI 6) no
+//! signals or abstract unix sockets beyond the sandbox. Each step is best effort; the
+//! [`Report`] says what is in force and [`Required`] says what must be, or nothing is
+//! exec'd. With `--verify`, the wrapper execs the very file it checked ([`Verify`]).
 
 mod apply;
 mod exec;
+mod loaders;
 mod preflight;
+mod verify;
 
 pub use apply::{Report, SandboxError, apply};
-pub use exec::{EXIT_EXEC_FAILED, EXIT_SANDBOX_REFUSED, exec_main};
+pub use exec::{EXIT_EXEC_FAILED, EXIT_SANDBOX_REFUSED, EXIT_VERIFY_FAILED, WRAPPER_PREFIX, exec_main, exec_main_with};
+pub use loaders::{LOADER_DIRS, dynamic_loaders};
 pub use preflight::{Preflight, preflight};
+pub use verify::{Identity, Verify, VerifyError};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -31,6 +37,24 @@ pub const DEFAULT_READ_ONLY: [&str; 9] = [
     "/etc/localtime",
     "/usr/share/zoneinfo",
     "/etc/alternatives",
+];
+
+/// What a program needs to read to start and run — libraries, the loader cache, shared
+/// data, the time zone — without the system's executables (/usr/bin, /usr/sbin,
+/// /usr/libexec, /bin, /sbin): the read-only set of a task that may execute only itself,
+/// so it cannot load a system tool through the dynamic loader either (see [`dynamic_loaders`]).
+pub const LIBRARY_READ_ONLY: [&str; 11] = [
+    "/usr/lib",
+    "/usr/lib32",
+    "/usr/lib64",
+    "/usr/libx32",
+    "/usr/share",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
 ];
 
 /// Device files tasks may read and write by default.
@@ -57,6 +81,14 @@ pub struct SandboxSpec {
     /// Protections that must be in force, or the command is not run.
     #[serde(default)]
     pub required: Required,
+    /// None: everything beneath `read_only` may also be executed. Some: `read_only` and the
+    /// task directory are not executable; only files beneath these paths are, plus the
+    /// dynamic loaders ([`dynamic_loaders`]) the kernel must execute to start an ELF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_paths: Option<Vec<PathBuf>>,
+    /// Whether the task may write beneath its directory (false: it may only read there).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub task_dir_writable: bool,
 }
 
 impl SandboxSpec {
@@ -69,8 +101,19 @@ impl SandboxSpec {
             network: false,
             rlimits: Rlimits::default(),
             required: Required::default(),
+            exec_paths: None,
+            task_dir_writable: true,
         }
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+// serde's skip_serializing_if hands the field by reference.
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn default_read_only() -> Vec<PathBuf> {

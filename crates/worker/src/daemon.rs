@@ -55,7 +55,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bus = %address,
         "machina-worker ready"
     );
-    let mut worker = Worker::new(args.id.clone(), ledger, recipes, settings);
+    // Building the tools reads files (allowlist, plugin manifests and binaries, resolver and
+    // TLS roots): off the async threads.
+    let id = args.id.clone();
+    let mut worker = tokio::task::spawn_blocking(move || Worker::new(id, ledger, recipes, settings)).await?;
     if let Some(bus) = bus {
         worker = worker.with_bus(bus);
     }

@@ -8,8 +8,10 @@
 
 pub mod announce;
 pub mod daemon;
+pub mod plugin;
 pub mod presence;
 pub mod shell;
+pub mod tools;
 
 use machina_core::config::Settings;
 use machina_core::recipe::Workload;
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::announce::Announcer;
-use crate::shell::{RunLimits, ShellPolicy};
+use crate::tools::Toolbox;
 
 /// A worker process's shared parts.
 #[derive(Clone)]
@@ -32,7 +34,7 @@ pub struct Worker {
     ledger: Ledger,
     recipes: Arc<RecipeBook>,
     settings: Arc<Settings>,
-    shell: Arc<ShellPolicy>,
+    tools: Arc<Toolbox>,
     announce: Announcer,
     bus: Option<zbus::Connection>,
     /// Idle slots wait on this besides the poll; TasksQueued signals and local fan-outs fire it.
@@ -42,13 +44,13 @@ pub struct Worker {
 impl Worker {
     /// A worker named `id`.
     pub fn new(id: String, ledger: Ledger, recipes: RecipeBook, settings: Settings) -> Self {
-        let shell = Arc::new(ShellPolicy::new(&settings.tools.shell).with_sandbox(&settings.sandbox));
+        let tools = Arc::new(Toolbox::new(&settings));
         Self {
             id,
             ledger,
             recipes: Arc::new(recipes),
             settings: Arc::new(settings),
-            shell,
+            tools,
             announce: Announcer::default(),
             bus: None,
             wake: Arc::new(tokio::sync::Notify::new()),
@@ -282,23 +284,7 @@ impl Worker {
         claimed: Instant,
     ) -> Option<(shell::ShellOutcome, Instant)> {
         let cancel = CancellationToken::new();
-        let limits = RunLimits {
-            timeout: Duration::from_secs(task.spec.timeout_secs),
-            output_cap: self.settings.worker.output_cap_bytes,
-        };
-        let env = [("MACHINA_TASK_KEY", task.task_key.clone()), ("MACHINA_ATTEMPT", task.attempt.to_string())];
-        let run = async {
-            match task.spec.tool.as_str() {
-                "shell" => shell::run(&self.shell, &task.spec.argv, dir, &env, &limits, cancel.clone()).await,
-                other => shell::ShellOutcome {
-                    err_code: Some(ErrCode::PolicyDenied),
-                    exit_status: None,
-                    stdout: Vec::new(),
-                    stderr: format!("tool {other:?} is not available in this worker").into_bytes(),
-                    wall_ms: 0,
-                },
-            }
-        };
+        let run = self.tools.run(&self.ledger, task, dir, self.settings.worker.output_cap_bytes, cancel.clone());
         tokio::pin!(run);
         // The lease as this process can vouch for it: counted from before each renewal was sent.
         let mut lease_deadline = claimed + self.lease();

@@ -8,10 +8,19 @@
 //! small `machina-task-exec` wrapper placed in front of argv (machina-sandbox),
 //! which then execs the command under the same pid: that pid leads the task's
 //! session and process group, the group the worker kills.
+//!
+//! Each allowlisted file is pinned when the policy is built: its canonical path and its
+//! identity (device, inode, size, mtime, ctime). The wrapper gets `--verify stat:…`, opens
+//! the file, compares and execs that open file, so a binary replaced (by rename or in
+//! place) after the worker started is refused — restart the worker to accept an upgrade.
+//! [`launch`] is the spawn/timeout/capture machinery the plugin tool shares.
 
 use machina_core::ErrCode;
 use machina_core::config::{SandboxSettings, ShellSettings};
-use machina_sandbox::{EXIT_EXEC_FAILED, EXIT_SANDBOX_REFUSED, Required, Rlimits, SandboxSpec};
+use machina_sandbox::{
+    EXIT_EXEC_FAILED, EXIT_SANDBOX_REFUSED, EXIT_VERIFY_FAILED, Identity, Required, Rlimits, SandboxSpec, Verify,
+    WRAPPER_PREFIX,
+};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -34,16 +43,28 @@ pub const TASK_EXEC_ENV: &str = "MACHINA_TASK_EXEC";
 /// Where the package installs the wrapper, used when it is not beside the worker.
 pub const SYSTEM_TASK_EXEC: &str = "/usr/libexec/machina/machina-task-exec";
 
+/// Address-space limit of a plugin that declares MEMORY, unless configured otherwise.
+pub const DEFAULT_PLUGIN_MEMORY_BYTES: u64 = 4 << 30;
+
 /// The allowlist, resolved to canonical paths once, and how tasks are confined.
 #[derive(Debug, Clone)]
 pub struct ShellPolicy {
     /// Entry as configured → the file it resolved to at startup.
-    allowed: BTreeMap<PathBuf, PathBuf>,
-    env_allow: Vec<String>,
+    allowed: BTreeMap<PathBuf, Pinned>,
+    pub(crate) env_allow: Vec<String>,
     /// The sandboxing exec wrapper; None runs commands unconfined (refused when required).
-    wrapper: Option<PathBuf>,
-    rlimits: Rlimits,
+    pub(crate) wrapper: Option<PathBuf>,
+    pub(crate) rlimits: Rlimits,
     required: bool,
+    /// RLIMIT_AS of plugins that declare MEMORY.
+    pub(crate) plugin_memory_bytes: u64,
+}
+
+/// An allowlisted file as it was when the policy was built.
+#[derive(Debug, Clone)]
+struct Pinned {
+    canonical: PathBuf,
+    identity: Identity,
 }
 
 /// What one run of the tool produced.
@@ -62,19 +83,21 @@ pub struct ShellOutcome {
 }
 
 impl ShellOutcome {
-    fn refused(code: ErrCode, message: String) -> Self {
+    pub(crate) fn refused(code: ErrCode, message: String) -> Self {
         Self { err_code: Some(code), exit_status: None, stdout: Vec::new(), stderr: message.into_bytes(), wall_ms: 0 }
     }
 }
 
 impl ShellPolicy {
-    /// Resolve the allowlist; entries that do not exist are dropped with a warning.
+    /// Resolve and pin the allowlist; entries that do not exist are dropped with a warning.
     pub fn new(s: &ShellSettings) -> Self {
         let mut allowed = BTreeMap::new();
         for p in &s.allow {
-            match std::fs::canonicalize(p) {
-                Ok(c) => {
-                    allowed.insert(p.clone(), c);
+            let pinned = std::fs::canonicalize(p)
+                .and_then(|c| std::fs::metadata(&c).map(|m| Pinned { identity: Identity::of(&m), canonical: c }));
+            match pinned {
+                Ok(pinned) => {
+                    allowed.insert(p.clone(), pinned);
                 }
                 Err(e) => tracing::warn!(path = %p.display(), "shell allowlist entry ignored: {e}"),
             }
@@ -84,7 +107,14 @@ impl ShellPolicy {
             Some(w) => tracing::info!(wrapper = %w.display(), "tasks are sandboxed: {}", machina_sandbox::preflight()),
             None => tracing::warn!("machina-task-exec not found (set {TASK_EXEC_ENV}): tasks run unconfined"),
         }
-        Self { allowed, env_allow: s.env_allow.clone(), wrapper, rlimits: Rlimits::default(), required: false }
+        Self {
+            allowed,
+            env_allow: s.env_allow.clone(),
+            wrapper,
+            rlimits: Rlimits::default(),
+            required: false,
+            plugin_memory_bytes: DEFAULT_PLUGIN_MEMORY_BYTES,
+        }
     }
 
     /// Apply the `[sandbox]` settings.
@@ -106,9 +136,18 @@ impl ShellPolicy {
         self
     }
 
-    /// The sandbox spec of a task run in `dir` (the shell tool never has network).
-    fn spec(&self, dir: &Path) -> SandboxSpec {
+    /// Address-space limit of plugins that declare MEMORY (default [`DEFAULT_PLUGIN_MEMORY_BYTES`]).
+    pub fn with_plugin_memory_bytes(mut self, bytes: u64) -> Self {
+        self.plugin_memory_bytes = bytes;
+        self
+    }
+
+    /// The sandbox spec of a task run in `dir` (the shell tool never has network). `exe`
+    /// is readable and executable even outside the default read-only roots: the wrapper
+    /// opens it under landlock.
+    fn spec(&self, dir: &Path, exe: &Path) -> SandboxSpec {
         let mut spec = SandboxSpec::new(dir);
+        spec.read_only.push(exe.to_path_buf());
         spec.rlimits = self.rlimits;
         spec.required = if self.required { Required::all() } else { Required::default() };
         spec
@@ -119,22 +158,45 @@ impl ShellPolicy {
     /// argv0 must be an allowlist entry as written, and must still resolve to the file
     /// that entry resolved to at startup. Matching the name (not only the target) keeps
     /// a symlink to a multi-call binary from allowing every other name of that binary.
+    /// Whether the file is still the one pinned is checked at exec (see the module docs).
     pub fn resolve(&self, argv0: &str) -> Result<PathBuf, String> {
+        self.pinned(argv0).map(|p| p.canonical.clone())
+    }
+
+    fn pinned(&self, argv0: &str) -> Result<&Pinned, String> {
         let p = Path::new(argv0);
         if !p.is_absolute() {
             return Err(format!("executable {argv0:?} must be an absolute path"));
         }
-        let Some(expected) = self.allowed.get(p) else {
+        let Some(pinned) = self.allowed.get(p) else {
             return Err(format!("executable {argv0:?} is not on the allowlist (tools.shell.allow)"));
         };
         match std::fs::canonicalize(p) {
-            Ok(now) if &now == expected => Ok(now),
+            Ok(now) if now == pinned.canonical => Ok(pinned),
             Ok(now) => Err(format!(
                 "executable {argv0:?} now resolves to {}, not {} as when the worker started",
                 now.display(),
-                expected.display()
+                pinned.canonical.display()
             )),
             Err(e) => Err(format!("executable {argv0:?} cannot be resolved: {e}")),
+        }
+    }
+}
+
+impl Pinned {
+    /// The worker-side identity check of unconfined runs. Best effort: the file can still
+    /// be swapped between this stat and the exec; the wrapper's check has no such window.
+    fn check_unconfined(&self) -> Result<(), String> {
+        let now = std::fs::metadata(&self.canonical).map(|m| Identity::of(&m));
+        match now {
+            Ok(id) if id == self.identity => Ok(()),
+            Ok(id) => Err(format!(
+                "executable {} was replaced or modified after the worker started (expected stat:{}, actual \
+                 stat:{id}); restart the worker to allow the new file",
+                self.canonical.display(),
+                self.identity
+            )),
+            Err(e) => Err(format!("executable {}: {e}", self.canonical.display())),
         }
     }
 }
@@ -180,34 +242,89 @@ pub async fn run(
     let Some(argv0) = argv.first() else {
         return ShellOutcome::refused(ErrCode::PolicyDenied, "empty argv".into());
     };
-    let exe = match policy.resolve(argv0) {
+    let pinned = match policy.pinned(argv0) {
         Ok(p) => p,
         Err(m) => return ShellOutcome::refused(ErrCode::PolicyDenied, m),
     };
-    let mut cmd = match &policy.wrapper {
-        // The wrapper calls setsid itself: it must not already lead a group.
-        Some(wrapper) => {
-            let spec = match serde_json::to_string(&policy.spec(dir)) {
-                Ok(s) => s,
-                Err(e) => return ShellOutcome::refused(ErrCode::BootFail, format!("sandbox spec: {e}")),
-            };
-            let mut c = tokio::process::Command::new(wrapper);
-            c.arg("--spec-json").arg(spec).arg("--arg0").arg(argv0).arg("--").arg(&exe);
-            c
-        }
+    let confinement = match &policy.wrapper {
+        Some(wrapper) => Confinement::Wrapped {
+            wrapper: wrapper.clone(),
+            spec: Box::new(policy.spec(dir, &pinned.canonical)),
+            verify: Verify::Stat(pinned.identity),
+        },
         None if policy.required => {
             return ShellOutcome::refused(
                 ErrCode::BootFail,
                 format!("sandbox.required is set but machina-task-exec was not found (set {TASK_EXEC_ENV})"),
             );
         }
-        None => {
-            let mut c = tokio::process::Command::new(&exe);
-            c.arg0(argv0).process_group(0);
+        None => match pinned.check_unconfined() {
+            Ok(()) => Confinement::Unconfined,
+            Err(m) => return ShellOutcome::refused(ErrCode::PolicyDenied, m),
+        },
+    };
+    let launch_ = Launch { exe: &pinned.canonical, arg0: argv0, args: &argv[1..], confinement };
+    launch(policy, launch_, dir, extra_env, limits, cancel).await
+}
+
+/// How a process is started.
+pub(crate) enum Confinement {
+    /// Through the wrapper: sandboxed by `spec`, the program checked against `verify`.
+    Wrapped {
+        /// machina-task-exec.
+        wrapper: PathBuf,
+        /// The sandbox.
+        spec: Box<SandboxSpec>,
+        /// The pin the wrapper checks on the open file it execs.
+        verify: Verify,
+    },
+    /// Directly, in its own process group (development without the wrapper).
+    Unconfined,
+}
+
+/// One process to start.
+pub(crate) struct Launch<'a> {
+    /// The file exec'd.
+    pub exe: &'a Path,
+    /// argv[0] as the program sees it.
+    pub arg0: &'a str,
+    /// The rest of argv.
+    pub args: &'a [String],
+    /// Sandbox or none.
+    pub confinement: Confinement,
+}
+
+/// Start `l` in `dir` with the task environment (cleared, PATH, HOME, the policy's
+/// pass-through variables, `extra_env`), wait for it within `limits`, kill its process
+/// group, capture its output and classify the outcome.
+pub(crate) async fn launch(
+    policy: &ShellPolicy,
+    l: Launch<'_>,
+    dir: &Path,
+    extra_env: &[(&str, String)],
+    limits: &RunLimits,
+    cancel: CancellationToken,
+) -> ShellOutcome {
+    let wrapped = matches!(l.confinement, Confinement::Wrapped { .. });
+    let mut cmd = match l.confinement {
+        // The wrapper calls setsid itself: it must not already lead a group.
+        Confinement::Wrapped { wrapper, spec, verify } => {
+            let spec = match serde_json::to_string(&spec) {
+                Ok(s) => s,
+                Err(e) => return ShellOutcome::refused(ErrCode::BootFail, format!("sandbox spec: {e}")),
+            };
+            let mut c = tokio::process::Command::new(wrapper);
+            c.arg("--spec-json").arg(spec).arg("--verify").arg(verify.to_string());
+            c.arg("--arg0").arg(l.arg0).arg("--").arg(l.exe);
+            c
+        }
+        Confinement::Unconfined => {
+            let mut c = tokio::process::Command::new(l.exe);
+            c.arg0(l.arg0).process_group(0);
             c
         }
     };
-    cmd.args(&argv[1..])
+    cmd.args(l.args)
         .env_clear()
         .env("PATH", TASK_PATH)
         .env("HOME", dir)
@@ -227,7 +344,7 @@ pub async fn run(
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return ShellOutcome::refused(ErrCode::BootFail, format!("cannot start {}: {e}", exe.display())),
+        Err(e) => return ShellOutcome::refused(ErrCode::BootFail, format!("cannot start {}: {e}", l.exe.display())),
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let deadline = tokio::time::Instant::from_std(started + limits.timeout);
@@ -276,18 +393,24 @@ pub async fn run(
     }
     let exit_status = status.map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
     if err_code.is_none() && exit_status != Some(0) {
-        err_code =
-            Some(if wrapper_failed(policy, exit_status, &stderr) { ErrCode::BootFail } else { ErrCode::CmdNonzero });
+        err_code = Some(wrapper_error(wrapped, exit_status, &stderr).unwrap_or(ErrCode::CmdNonzero));
     }
     ShellOutcome { err_code, exit_status, stdout, stderr, wall_ms: started.elapsed().as_millis() as i64 }
 }
 
-/// Whether the wrapper itself refused (a required protection missing) or could not exec.
-fn wrapper_failed(policy: &ShellPolicy, exit_status: Option<i32>, stderr: &[u8]) -> bool {
-    let codes = [i32::from(EXIT_SANDBOX_REFUSED), i32::from(EXIT_EXEC_FAILED)];
-    policy.wrapper.is_some()
-        && exit_status.is_some_and(|c| codes.contains(&c))
-        && stderr.starts_with(b"machina-task-exec: ")
+/// The wrapper's own failure, if it was one: the program was not the pinned file
+/// (PolicyDenied), a required protection was missing or the program could not be exec'd
+/// (BootFail). The command's own exit codes can collide with these, so only a run whose
+/// stderr starts with the wrapper's prefix counts.
+fn wrapper_error(wrapped: bool, exit_status: Option<i32>, stderr: &[u8]) -> Option<ErrCode> {
+    if !wrapped || !stderr.starts_with(WRAPPER_PREFIX.as_bytes()) {
+        return None;
+    }
+    match u8::try_from(exit_status?).ok()? {
+        EXIT_VERIFY_FAILED => Some(ErrCode::PolicyDenied),
+        EXIT_SANDBOX_REFUSED | EXIT_EXEC_FAILED => Some(ErrCode::BootFail),
+        _ => None,
+    }
 }
 
 /// Read until EOF or `stop`, keeping the first `cap` bytes and a marker saying how much was dropped.
@@ -497,6 +620,48 @@ mod tests {
             .with_wrapper(None);
         let o = run(&p, &argv(&["/usr/bin/true"]), dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
         assert_eq!((o.err_code, o.exit_status), (Some(ErrCode::BootFail), None));
+    }
+
+    #[tokio::test]
+    async fn a_binary_replaced_after_allowlisting_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("tool");
+        std::fs::copy("/usr/bin/true", &bin).unwrap();
+        let argv0 = bin.to_str().unwrap();
+        let wrapped = policy(&[argv0]);
+        let unconfined = policy(&[argv0]).with_wrapper(None);
+        let mut policies = vec![("unconfined", unconfined)];
+        if wrapped.wrapper.is_some() {
+            policies.push(("wrapped", wrapped));
+        } else {
+            eprintln!("wrapper part skipped: machina-task-exec not built (cargo build --bin machina-task-exec)");
+        }
+        for (what, p) in &policies {
+            let o = run(p, &argv(&[argv0]), dir.path(), &[], &limits(5000, 256), CancellationToken::new()).await;
+            assert_eq!(o.err_code, None, "{what} control: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let swap = dir.path().join("swap");
+        std::fs::copy("/usr/bin/id", &swap).unwrap();
+        std::fs::rename(&swap, &bin).unwrap();
+        for (what, p) in &policies {
+            let o = run(p, &argv(&[argv0]), dir.path(), &[], &limits(5000, 256), CancellationToken::new()).await;
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.err_code, Some(ErrCode::PolicyDenied), "{what}: {err}");
+            assert!(o.stdout.is_empty(), "{what}: the replacement ran");
+            assert!(err.contains("expected stat:"), "{what}: {err}");
+            assert_eq!(err.starts_with(WRAPPER_PREFIX), *what == "wrapped", "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_the_wrappers_own_failures_count_as_its() {
+        let says = |m: &str| format!("{WRAPPER_PREFIX}{m}").into_bytes();
+        assert_eq!(wrapper_error(true, Some(124), &says("x is not the pinned file")), Some(ErrCode::PolicyDenied));
+        assert_eq!(wrapper_error(true, Some(125), &says("required protection")), Some(ErrCode::BootFail));
+        assert_eq!(wrapper_error(true, Some(127), &says("cannot execute")), Some(ErrCode::BootFail));
+        assert_eq!(wrapper_error(true, Some(124), b"timeout: the command's own 124"), None);
+        assert_eq!(wrapper_error(false, Some(124), &says("not the wrapper")), None);
+        assert_eq!(wrapper_error(true, Some(1), &says("a task imitating it")), None);
     }
 
     #[tokio::test]
