@@ -27,6 +27,14 @@ pub enum ErrCode {
     PlanInvalid,
     /// The run was canceled while the task ran; the task was killed.
     Canceled,
+    /// The external policy driver failed: timed out, exceeded its output cap, exited
+    /// non-zero or could not be started.
+    DriverFail,
+    /// The judge model policy left no candidate (all denied, or none allowed).
+    AutonomyJudgePolicyBlocked,
+    /// Candidates were left but none answered validly (unreachable, no credentials,
+    /// errors, invalid answers).
+    AutonomyJudgeUnavailable,
 }
 
 impl ErrCode {
@@ -41,6 +49,9 @@ impl ErrCode {
         Self::LeaseLost,
         Self::PlanInvalid,
         Self::Canceled,
+        Self::DriverFail,
+        Self::AutonomyJudgePolicyBlocked,
+        Self::AutonomyJudgeUnavailable,
     ];
 
     /// The stable string.
@@ -55,6 +66,9 @@ impl ErrCode {
             Self::LeaseLost => "LEASE_LOST",
             Self::PlanInvalid => "PLAN_INVALID",
             Self::Canceled => "CANCELED",
+            Self::DriverFail => "DRIVER_FAIL",
+            Self::AutonomyJudgePolicyBlocked => "AUTONOMY_JUDGE_POLICY_BLOCKED",
+            Self::AutonomyJudgeUnavailable => "AUTONOMY_JUDGE_UNAVAILABLE",
         }
     }
 }

@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 
 use crate::retry::RetryPolicy;
 
+mod judge;
 mod profile;
 mod tools;
 
+pub use judge::*;
 pub use profile::Profile;
 pub use tools::*;
 
@@ -55,6 +57,8 @@ pub struct Settings {
     pub ledger: LedgerSettings,
     /// Permission leases for tools above the free tier.
     pub leases: LeaseSettings,
+    /// The LLM judge and planner: providers, model policy, credentials, modes.
+    pub judge: JudgeSettings,
 }
 
 /// Ledger settings.
@@ -88,6 +92,7 @@ impl Default for Settings {
             sandbox: SandboxSettings::default(),
             ledger: LedgerSettings::default(),
             leases: LeaseSettings::default(),
+            judge: JudgeSettings::default(),
         }
     }
 }
@@ -324,6 +329,7 @@ impl Settings {
         }
         self.tools.validate(&self.state_dir)?;
         self.leases.validate()?;
+        self.judge.validate()?;
         self.sandbox.validate()?;
         self.retry.validate().map_err(ConfigError)
     }

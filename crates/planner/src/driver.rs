@@ -1,0 +1,1 @@
+//! The external policy driver (being written).

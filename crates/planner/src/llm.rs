@@ -1,0 +1,1 @@
+//! LLM backends and the judge model policy (being written).
