@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 
 use crate::retry::RetryPolicy;
 
+mod driver;
 mod judge;
 mod profile;
 mod tools;
 
+pub use driver::*;
 pub use judge::*;
 pub use profile::Profile;
 pub use tools::*;
@@ -59,6 +61,8 @@ pub struct Settings {
     pub leases: LeaseSettings,
     /// The LLM judge and planner: providers, model policy, credentials, modes.
     pub judge: JudgeSettings,
+    /// The external policy driver (a plan source).
+    pub driver: DriverSettings,
 }
 
 /// Ledger settings.
@@ -93,6 +97,7 @@ impl Default for Settings {
             ledger: LedgerSettings::default(),
             leases: LeaseSettings::default(),
             judge: JudgeSettings::default(),
+            driver: DriverSettings::default(),
         }
     }
 }
@@ -330,6 +335,7 @@ impl Settings {
         self.tools.validate(&self.state_dir)?;
         self.leases.validate()?;
         self.judge.validate()?;
+        self.driver.validate()?;
         self.sandbox.validate()?;
         self.retry.validate().map_err(ConfigError)
     }
