@@ -84,6 +84,9 @@ fn the_bus_policy_admits_readers_and_refuses_method_calls() {
     assert!(!call.status.success());
     let err = String::from_utf8_lossy(&call.stderr);
     assert!(err.contains("Access denied") || err.contains("Rejected send"), "{err}");
+    // machinactl reports the bus's own refusal as "permission denied" (exit 5), not as an outage.
+    let ctl = common::machinactl(&address, Some(65534), &["lease", "issue", "--tool", "http", "--tier", "2"]);
+    assert_eq!(ctl.status.code(), Some(5), "{}", String::from_utf8_lossy(&ctl.stderr));
     // Not anyone: owning the name.
     let own = busctl(
         &address,

@@ -387,6 +387,24 @@ step_sandbox() {
         test "$(jq -r .landlock_abi <<<"$inside" 2>/dev/null || echo 0)" -ge 1
 }
 
+step_profile() {
+    need INSTALLED
+    local conf token out rc
+    conf=$(ct runuser -u alice -- machinactl config 2>&1 || true)
+    check "the package runs profile prod" grep -q '^profile = "prod"' <<<"$conf"
+    check "prod requires every task protection" grep -q '^required = true' <<<"$conf"
+    out=$(ct runuser -u alice -- machinactl lease issue --tool http --tier 2 --ttl-secs 60 2>&1 || true)
+    token=$(tail -n 1 <<<"$out")
+    info "lease: ${out%%$'\n'*}"
+    check "machinactl lease issue prints a token" grep -Eqx 'mpl_[0-9a-f]{64}' <<<"$token"
+    check "the lease is listed (without its token)" \
+        bash -c '[ "$(grep -c "tool=http tier=2" <<<"$1")" = 1 ] && ! grep -q "$2" <<<"$1"' _ \
+        "$(ct runuser -u alice -- machinactl lease list 2>&1)" "$token"
+    rc=0; out=$(ct runuser -u bob -- machinactl lease issue --tool http --tier 2 2>&1) || rc=$?
+    info "bob: rc=$rc: ${out:0:300}"
+    check "bob (not in machina-admin) cannot issue a lease (rc=$rc)" test "$rc" = 5
+}
+
 step_purge() {
     need INSTALLED
     local uid; uid=$(ct id -u machina)
@@ -421,7 +439,7 @@ STEPS=(
     "install|step_install" "config|step_config" "enable|step_enable" "submit|step_submit"
     "approve-dbus|step_approve" "machinactl-watch|step_watch" "journal|step_journal"
     "catalog|step_catalog" "kill-worker|step_kill" "maintenance|step_maintenance" "snapshot|step_snapshot" "idle-exit|step_idle_exit"
-    "security|step_security" "sandbox|step_sandbox" "purge|step_purge"
+    "security|step_security" "sandbox|step_sandbox" "profile|step_profile" "purge|step_purge"
 )
 i=0
 for s in "${STEPS[@]}"; do

@@ -42,7 +42,7 @@ pub enum RecipeError {
 }
 
 /// A recipe.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     /// Name used in run requests.
@@ -59,8 +59,13 @@ pub struct Recipe {
     pub max_steps: u32,
     /// Tools its tasks may use.
     pub allowed_tools: Vec<String>,
-    /// Task templates, rendered in order.
-    #[serde(rename = "task")]
+    /// Where CompileST gets the plan: `"template"` (the task templates below), `"driver"`
+    /// (the external policy driver, `[driver]`) or `"llm"` (the judge's models, `[judge]`).
+    /// Every plan is checked against this recipe's caps and allowed tools alike.
+    #[serde(default = "template")]
+    pub planner: String,
+    /// Task templates, rendered in order (required by the template planner).
+    #[serde(rename = "task", default)]
     pub tasks: Vec<TaskTemplate>,
 }
 
@@ -68,8 +73,12 @@ fn yes() -> bool {
     true
 }
 
+fn template() -> String {
+    "template".into()
+}
+
 /// A template for one task, or one per element of an input array (`foreach`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskTemplate {
     /// Task name; may use `{{index}}` and placeholders.
@@ -130,6 +139,12 @@ impl Recipe {
         }
         if r.max_concurrency == 0 || r.max_steps == 0 {
             return Err(invalid("max_concurrency and max_steps must be at least 1".into()));
+        }
+        if !["template", "driver", "llm"].contains(&r.planner.as_str()) {
+            return Err(invalid(format!("planner {:?} must be \"template\", \"driver\" or \"llm\"", r.planner)));
+        }
+        if r.planner == "template" && r.tasks.is_empty() {
+            return Err(invalid("a template recipe needs at least one [[task]]".into()));
         }
         for t in &r.tasks {
             if !r.allowed_tools.contains(&t.tool) {

@@ -78,8 +78,17 @@ impl From<zbus::Error> for CtlError {
 
 /// Map a transport-level error: the bus's own refusals and "nobody there".
 fn transport(e: &zbus::Error) -> CtlError {
-    if let zbus::Error::MethodError(name, detail, _) = e {
-        let text = detail.clone().unwrap_or_default();
+    // The bus daemon's own refusals (a policy rejection, no such name) arrive as FDO errors.
+    let fdo = match e {
+        zbus::Error::FDO(f) => {
+            use zbus::DBusError;
+            Some((f.name().to_string(), f.description().map(str::to_string)))
+        }
+        zbus::Error::MethodError(name, detail, _) => Some((name.to_string(), detail.clone())),
+        _ => None,
+    };
+    if let Some((name, detail)) = fdo {
+        let text = detail.unwrap_or_default();
         return match name.as_str() {
             "org.freedesktop.DBus.Error.AccessDenied" => CtlError::new(
                 PERMISSION_DENIED,

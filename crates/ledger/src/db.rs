@@ -27,6 +27,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0004_worker_sandbox.sql"),
     include_str!("../migrations/0005_nonces.sql"),
     include_str!("../migrations/0006_permission_leases.sql"),
+    include_str!("../migrations/0007_arbitration.sql"),
 ];
 
 /// Schema version this build writes.

@@ -12,6 +12,7 @@
 //! execution (it re-plans the ordered scan for each new value); the CAST keeps the
 //! cached plan, which is the same index seek. This halves the writer's CPU per task.
 
+mod arbitration;
 mod artifacts;
 mod checkpoint;
 mod db;
@@ -31,6 +32,7 @@ use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub use arbitration::{Arbitration, decision_name};
 pub use artifacts::{ArtifactStore, is_sha256_hex};
 pub use db::{BUSY_TIMEOUT_MS, Durability, Pragmas, SCHEMA_VERSION};
 pub use dedup::{DedupKey, Submission, Submitted};
@@ -111,8 +113,8 @@ pub enum Work {
 }
 
 fn claim_work(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Result<Option<Work>> {
-    if let Some((run, intent, compile_attempt)) = runs::claim_compile(c, owner, lease_ms, now)? {
-        return Ok(Some(Work::Compile(Box::new(CompileJob { run, intent, compile_attempt }))));
+    if let Some(job) = runs::claim_compile(c, owner, lease_ms, now)? {
+        return Ok(Some(Work::Compile(Box::new(job))));
     }
     Ok(tasks::claim(c, owner, lease_ms, now)?.map(Work::Task))
 }
@@ -399,15 +401,7 @@ impl Ledger {
     /// Claim a queued run for CompileST.
     pub async fn claim_compile(&self, owner: &str, lease_ms: i64) -> Result<Option<CompileJob>> {
         let owner = owner.to_string();
-        self.writer
-            .write(move |c, now| {
-                Ok(runs::claim_compile(c, &owner, lease_ms, now)?.map(|(run, intent, compile_attempt)| CompileJob {
-                    run,
-                    intent,
-                    compile_attempt,
-                }))
-            })
-            .await
+        self.writer.write(move |c, now| runs::claim_compile(c, &owner, lease_ms, now)).await
     }
 
     /// Record CompileST's outcome.

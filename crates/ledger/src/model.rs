@@ -246,6 +246,9 @@ pub struct CompileJob {
     pub intent: IntentRecord,
     /// Fencing token for [`finish_compile`](crate::Ledger::finish_compile).
     pub compile_attempt: u32,
+    /// Active runs of the same partition, when this run's arbitration is still to be decided
+    /// (see [`arbitrate`](crate::Ledger::arbitrate)); empty otherwise.
+    pub rivals: Vec<RunRecord>,
 }
 
 /// How a task attempt ended, as the worker reports it.

@@ -156,12 +156,13 @@ pub(crate) fn claim_compile(
     owner: &str,
     lease_ms: i64,
     now: i64,
-) -> Result<Option<(RunRecord, IntentRecord, u32)>> {
+) -> Result<Option<crate::model::CompileJob>> {
     let id: Option<String> = c
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT r.id FROM runs r JOIN partitions p ON p.key = r.partition_key
-             WHERE r.status = 'queued' AND p.paused = 0 ORDER BY r.id LIMIT 1",
-        )?
+             WHERE r.status = 'queued' AND p.paused = 0 AND {} ORDER BY r.id LIMIT 1",
+            crate::arbitration::NOT_DEFERRED
+        ))?
         .query_row([], |r| r.get(0))
         .optional()?;
     let Some(id) = id else { return Ok(None) };
@@ -185,7 +186,8 @@ pub(crate) fn claim_compile(
         now,
     )?;
     let intent = load_intent(c, &run.intent_id)?;
-    Ok(Some((run, intent, attempt)))
+    let rivals = crate::arbitration::rivals(c, &run)?;
+    Ok(Some(crate::model::CompileJob { run, intent, compile_attempt: attempt, rivals }))
 }
 
 /// Record the outcome of CompileST (fenced by owner and compile attempt).

@@ -45,6 +45,14 @@ impl Announcer {
         self.state(&run.id, run.status).await;
     }
 
+    /// A run changed state outside a compile or task commit (e.g. canceled by arbitration).
+    pub async fn state_changed(&self, run: &RunRecord) {
+        if run.status.is_terminal() {
+            finished(run);
+        }
+        self.state(&run.id, run.status).await;
+    }
+
     /// A task attempt was committed.
     pub async fn task_done(&self, run_id: &str, task_key: &str, err_code: &str, done: &Completion) {
         if done.task_status == TaskStatus::Failed || !err_code.is_empty() {

@@ -7,7 +7,9 @@
 //! in-flight tasks finish.
 
 pub mod announce;
+mod arbitrate;
 pub mod daemon;
+mod planning;
 pub mod plugin;
 pub mod presence;
 pub mod shell;
@@ -25,6 +27,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::announce::Announcer;
 use crate::tools::Toolbox;
+use machina_planner::driver::Driver;
+use machina_planner::llm::Judge;
 
 /// A worker process's shared parts.
 #[derive(Clone)]
@@ -39,12 +43,17 @@ pub struct Worker {
     bus: Option<zbus::Connection>,
     /// Idle slots wait on this besides the poll; TasksQueued signals and local fan-outs fire it.
     wake: Arc<tokio::sync::Notify>,
+    /// The LLM judge (plans from models, arbitration), when `[judge]` configures one.
+    judge: Option<Arc<Judge>>,
+    /// The external policy driver, when `[driver]` configures one.
+    driver: Option<Arc<Driver>>,
 }
 
 impl Worker {
     /// A worker named `id`.
     pub fn new(id: String, ledger: Ledger, recipes: RecipeBook, settings: Settings) -> Self {
         let tools = Arc::new(Toolbox::new(&settings));
+        let (judge, driver) = planners(&settings);
         Self {
             id,
             ledger,
@@ -54,6 +63,8 @@ impl Worker {
             announce: Announcer::default(),
             bus: None,
             wake: Arc::new(tokio::sync::Notify::new()),
+            judge,
+            driver,
         }
     }
 
@@ -177,6 +188,11 @@ impl Worker {
     }
 
     async fn compile_in_span(&self, job: CompileJob) -> Result<(), LedgerError> {
+        if !self.arbitrate(&job).await? {
+            tracing::info!("deferred behind an active run of its partition");
+            self.announce.state_changed(&self.ledger.run_detail(&job.run.id).await?.run).await;
+            return Ok(());
+        }
         let outcome = self.render(&job).await;
         if let Err((code, msg)) = &outcome {
             tracing::warn!(err_code = %code, "compile failed: {msg}");
@@ -199,7 +215,7 @@ impl Worker {
             .ok_or_else(|| invalid(format!("recipe {:?} is not known to worker {}", job.run.recipe, self.id)))?;
         let workload: Workload =
             serde_json::from_value(job.run.workload.clone()).map_err(|e| invalid(format!("workload: {e}")))?;
-        let plan = recipe.render(&job.intent.inputs, &workload).map_err(|e| invalid(e.to_string()))?;
+        let plan = self.plan_for(recipe, job, &workload).await?;
         let sha = self
             .ledger
             .put_artifact(plan.canonical_bytes(), "application/json")
@@ -324,6 +340,36 @@ impl Worker {
             }
         }
     }
+}
+
+/// The judge and the policy driver the settings configure (each logged when unusable: a
+/// recipe that needs it then fails its compile with a clear error, nothing else is affected).
+fn planners(settings: &Settings) -> (Option<Arc<Judge>>, Option<Arc<Driver>>) {
+    let creds = settings.judge.credentials_dirs(std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref());
+    let fixtures = settings.judge.fixtures_dir(&settings.state_dir);
+    let judge = match Judge::new(&settings.judge, creds, fixtures) {
+        Ok(j) if j.is_configured() => Some(Arc::new(j)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "the judge is unusable; recipes planned by an LLM and judge arbitration will fail");
+            None
+        }
+    };
+    let base = machina_sandbox::Rlimits {
+        cpu_secs: settings.sandbox.cpu_secs,
+        address_space_bytes: settings.sandbox.address_space_bytes,
+        file_size_bytes: settings.sandbox.file_size_bytes,
+        open_files: settings.sandbox.open_files,
+        processes: settings.sandbox.processes,
+    };
+    let driver = match Driver::new(&settings.driver, shell::locate_wrapper(), settings.sandbox.required) {
+        Ok(d) => d.map(|d| Arc::new(d.with_base_rlimits(base))),
+        Err(e) => {
+            tracing::error!(error = %e, "the policy driver is unusable; recipes planned by it will fail");
+            None
+        }
+    };
+    (judge, driver)
 }
 
 /// Run `op` again while the ledger is unavailable (locked by another process, disk full),

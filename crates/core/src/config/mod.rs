@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 
 use crate::retry::RetryPolicy;
 
+mod arbitration;
 mod driver;
 mod judge;
 mod profile;
 mod tools;
 
+pub use arbitration::*;
 pub use driver::*;
 pub use judge::*;
 pub use profile::Profile;
@@ -63,6 +65,8 @@ pub struct Settings {
     pub judge: JudgeSettings,
     /// The external policy driver (a plan source).
     pub driver: DriverSettings,
+    /// New work on a busy partition.
+    pub arbitration: ArbitrationSettings,
 }
 
 /// Ledger settings.
@@ -98,6 +102,7 @@ impl Default for Settings {
             leases: LeaseSettings::default(),
             judge: JudgeSettings::default(),
             driver: DriverSettings::default(),
+            arbitration: ArbitrationSettings::default(),
         }
     }
 }
@@ -336,6 +341,7 @@ impl Settings {
         self.leases.validate()?;
         self.judge.validate()?;
         self.driver.validate()?;
+        self.arbitration.validate()?;
         self.sandbox.validate()?;
         self.retry.validate().map_err(ConfigError)
     }

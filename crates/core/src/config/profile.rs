@@ -82,7 +82,10 @@ fn redact(v: &mut toml::Value) {
             for (k, val) in t.iter_mut() {
                 let secret = ["secret", "token", "password", "api_key", "credential"].iter().any(|s| k.contains(s))
                     && !k.ends_with("_file")
-                    && !k.ends_with("_dir");
+                    && !k.ends_with("_dir")
+                    && !k.ends_with("_dirs")
+                    // judge.providers[].credential names a credential id, not its content
+                    && k != "credential";
                 if secret && !matches!(val, toml::Value::Table(_)) {
                     *val = toml::Value::String(REDACTED.into());
                 } else {

@@ -1,1 +1,0 @@
-//! LLM backends and the judge model policy (being written).
