@@ -180,6 +180,8 @@ pub(crate) fn complete(
             .execute(params![rep.task_id, held.task_key, now])?;
             TaskStatus::Succeeded
         }
+        // Stopped because its run was canceled (by an operator, or by arbitration).
+        Some(ErrCode::Canceled) if status == RunStatus::Canceled => TaskStatus::Canceled,
         Some(_) if status != RunStatus::Executing => TaskStatus::Failed,
         // Killed because its run had stopped, and the run was retried meanwhile: the kill
         // says nothing about the task, so it goes back to the queue without spending a retry.

@@ -37,6 +37,9 @@ impl Worker {
             reason = %record["reason"], "arbitration");
         let run = self.ledger.arbitrate(job, &self.id, decision.clone(), record).await?;
         if let Arbitration::Abort { victims } = &decision {
+            // Slots of this process running the victims' tasks stop them now; other
+            // processes hear RunStateChanged(canceled) below.
+            self.cancels.notify_waiters();
             for v in victims {
                 if let Ok(detail) = self.ledger.run_detail(v).await {
                     self.announce.state_changed(&detail.run).await;

@@ -43,6 +43,8 @@ pub struct Worker {
     bus: Option<zbus::Connection>,
     /// Idle slots wait on this besides the poll; TasksQueued signals and local fan-outs fire it.
     wake: Arc<tokio::sync::Notify>,
+    /// Fired when some run was canceled: running slots check their lease at once.
+    cancels: Arc<tokio::sync::Notify>,
     /// The LLM judge (plans from models, arbitration), when `[judge]` configures one.
     judge: Option<Arc<Judge>>,
     /// The external policy driver, when `[driver]` configures one.
@@ -63,6 +65,7 @@ impl Worker {
             announce: Announcer::default(),
             bus: None,
             wake: Arc::new(tokio::sync::Notify::new()),
+            cancels: Arc::new(tokio::sync::Notify::new()),
             judge,
             driver,
         }
@@ -89,7 +92,8 @@ impl Worker {
         let background = CancellationToken::new();
         tracker.spawn(presence::check_in(self.ledger.clone(), self.id.clone(), background.clone()));
         if let Some(bus) = self.bus.clone() {
-            tracker.spawn(presence::listen_for_work(bus, self.wake.clone(), background.clone()));
+            tracker.spawn(presence::listen_for_work(bus.clone(), self.wake.clone(), background.clone()));
+            tracker.spawn(presence::listen_for_cancels(bus, self.cancels.clone(), background.clone()));
         }
         let slots_tracker = TaskTracker::new();
         for slot in 0..slots.max(1) {
@@ -319,6 +323,9 @@ impl Worker {
                     tracing::warn!("lease ran out without a renewal (ledger unavailable?), killing the task");
                     lost = true;
                     cancel.cancel();
+                }
+                _ = self.cancels.notified(), if !lost && renewal.is_none() => {
+                    renewal = Some((Box::pin(self.ledger.heartbeat(task, &self.id, self.lease_ms())), Instant::now()));
                 }
                 _ = beat.tick(), if !lost && renewal.is_none() => {
                     renewal = Some((Box::pin(self.ledger.heartbeat(task, &self.id, self.lease_ms())), Instant::now()));

@@ -67,3 +67,29 @@ pub async fn listen_for_work(bus: zbus::Connection, wake: Arc<Notify>, shutdown:
         }
     }
 }
+
+/// Fire `cancels` on each RunStateChanged(…, "canceled") so slots running a task of that run
+/// renew their lease at once and learn it was canceled (instead of at their next heartbeat).
+pub async fn listen_for_cancels(bus: zbus::Connection, cancels: Arc<Notify>, shutdown: CancellationToken) {
+    let mut stream = match machina_bus::signals::subscribe(&bus, machina_bus::signals::RUN_STATE_CHANGED).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot subscribe to RunStateChanged; cancellations are seen at the next heartbeat: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(m)) => {
+                    if m.body().deserialize::<(String, String)>().is_ok_and(|(_, state)| state == "canceled") {
+                        cancels.notify_waiters();
+                    }
+                }
+                Some(Err(e)) => tracing::debug!("bad RunStateChanged message: {e}"),
+                None => return,
+            },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

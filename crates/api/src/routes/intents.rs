@@ -87,8 +87,13 @@ impl StartRun {
         let recipe = st.recipes.get(&self.recipe).ok_or_else(|| {
             ApiError::invalid(format!("unknown recipe {:?} (known: {})", self.recipe, st.recipes.names().join(", ")))
         })?;
-        // Render now so over-cap workloads and unusable inputs are refused at submission.
-        recipe.render(inputs, &self.workload)?;
+        // Render now so over-cap workloads and unusable inputs are refused at submission
+        // (a plan from the driver or a model is checked when it is compiled).
+        if recipe.planner == "template" {
+            recipe.render(inputs, &self.workload)?;
+        } else {
+            recipe.check_workload(&self.workload)?;
+        }
         Ok(NewRun {
             intent_id,
             recipe: self.recipe,

@@ -26,8 +26,19 @@ pub async fn start() -> Server {
 }
 
 pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
+    start_with_recipes(&[], tweak).await
+}
+
+/// A server whose recipe book has the built-ins plus `recipes` (file name, TOML).
+pub async fn start_with_recipes(recipes: &[(&str, &str)], tweak: impl FnOnce(&mut Settings)) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings { state_dir: dir.path().join("state"), recipe_dirs: vec![], ..Settings::default() };
+    let recipe_dir = dir.path().join("recipes.d");
+    std::fs::create_dir_all(&recipe_dir).unwrap();
+    for (name, text) in recipes {
+        std::fs::write(recipe_dir.join(format!("{name}.toml")), text).unwrap();
+    }
+    let mut settings =
+        Settings { state_dir: dir.path().join("state"), recipe_dirs: vec![recipe_dir], ..Settings::default() };
     settings.worker.poll_ms = 20;
     tweak(&mut settings);
     let ledger = Ledger::open(LedgerOptions::new(&settings.state_dir)).unwrap();
@@ -36,7 +47,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
     let shutdown = CancellationToken::new();
     let state = AppState {
         ledger: ledger.clone(),
-        recipes: Arc::new(RecipeBook::builtin()),
+        recipes: Arc::new(RecipeBook::load(&settings.recipe_dirs).unwrap()),
         settings: Arc::new(settings.clone()),
         auth: Arc::new(machina_api::auth::Auth::token(TOKEN)),
         shutdown: shutdown.clone(),
@@ -85,11 +96,20 @@ impl Server {
 
     /// Start an in-process worker (real child processes for tasks).
     pub fn spawn_worker(&self, id: &str) -> CancellationToken {
+        self.spawn_worker_slots(id, 1)
+    }
+
+    /// Start an in-process worker with `slots` slots (one process's slots share cancellations).
+    pub fn spawn_worker_slots(&self, id: &str, slots: usize) -> CancellationToken {
         let stop = CancellationToken::new();
-        let w =
-            machina_worker::Worker::new(id.into(), self.ledger.clone(), RecipeBook::builtin(), self.settings.clone());
-        tokio::spawn(w.run(1, stop.clone()));
+        let w = machina_worker::Worker::new(id.into(), self.ledger.clone(), self.recipes(), self.settings.clone());
+        tokio::spawn(w.run(slots, stop.clone()));
         stop
+    }
+
+    /// The recipe book workers of this server use.
+    pub fn recipes(&self) -> RecipeBook {
+        RecipeBook::load(&self.settings.recipe_dirs).unwrap()
     }
 
     /// Poll GET /runs/{id} until its status is one of `want`.
