@@ -88,3 +88,16 @@ impl Serialize for ErrorKind {
         s.serialize_str(self.as_str())
     }
 }
+
+/// An error and its causes on one line (`outer: cause: root cause`): many libraries' own
+/// messages (reqwest's, for one) hide the reason in their sources.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

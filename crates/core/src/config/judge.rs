@@ -370,9 +370,7 @@ mod tests {
     use crate::config::Settings;
 
     fn load(text: &str) -> Result<Settings, ConfigError> {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("x.toml"), text).unwrap();
-        Settings::load(&[d.path().into()])
+        crate::config::load_text(text)
     }
 
     const PROVIDERS: &str = "[[judge.providers]]\nid = 'openai'\nkind = 'openai'\n\

@@ -398,6 +398,14 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
     }
 }
 
+/// Settings from one drop-in holding `text` (tests of every config module).
+#[cfg(test)]
+pub(crate) fn load_text(text: &str) -> Result<Settings, ConfigError> {
+    let d = tempfile::tempdir().expect("temp dir");
+    std::fs::write(d.path().join("x.toml"), text).expect("write drop-in");
+    Settings::load(&[d.path().into()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

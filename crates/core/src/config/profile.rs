@@ -103,9 +103,7 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Settings, ConfigError> {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("x.toml"), text).unwrap();
-        Settings::load(&[d.path().into()])
+        crate::config::load_text(text)
     }
 
     #[test]

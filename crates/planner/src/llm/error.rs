@@ -83,15 +83,3 @@ impl CallError {
         }
     }
 }
-
-/// An error and its causes on one line: reqwest's own message alone hides the reason.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}

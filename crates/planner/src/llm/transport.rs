@@ -12,7 +12,8 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::time::{Duration, SystemTime};
 
-use super::error::{CallError, JudgeError, chain};
+use super::error::{CallError, JudgeError};
+use machina_core::error::error_chain as chain;
 
 /// Redirects followed within one origin before giving up.
 const MAX_REDIRECTS: usize = 5;

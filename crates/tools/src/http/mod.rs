@@ -29,6 +29,7 @@ pub use ranges::is_forbidden;
 
 use allow::{HostList, canonical};
 use machina_core::ErrCode;
+use machina_core::error::error_chain as chain;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use resolve::{AddressGuard, PinnedResolver};
 use std::net::SocketAddr;
@@ -307,17 +308,6 @@ fn from_reqwest(err: reqwest::Error) -> HttpError {
     if err.is_timeout() { HttpError::Timeout(chain(&err)) } else { HttpError::Net(chain(&err)) }
 }
 
-/// An error and its causes on one line: reqwest's own message alone hides the reason.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
 
 #[cfg(test)]
 mod tests {
