@@ -4,7 +4,7 @@
 //! `aborted_by_arbitration` event on every run it cancels).
 
 use machina_core::RunStatus;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
 use crate::model::{CompileJob, RunRecord};
@@ -118,6 +118,24 @@ fn apply(
                 .execute([run_id])?;
         }
         Arbitration::Defer { behind } => {
+            // Two runs claimed at once could each defer behind the other and wait forever:
+            // defer only behind a run that is still active now, else go on compiling.
+            let still_active: Option<String> = c
+                .prepare_cached(&format!(
+                    "SELECT id FROM runs WHERE partition_key = ?1 AND id != ?2 AND status IN {ACTIVE}
+                     ORDER BY (id = ?3) DESC, id DESC LIMIT 1"
+                ))?
+                .query_row(params![run.queue_partition_key, run_id, behind], |r| r.get(0))
+                .optional()?;
+            let Some(behind) = still_active else {
+                let mut record = record.clone();
+                record["reason"] = json!(format!(
+                    "{}; but no run of the partition is active any more: compiled now",
+                    record["reason"].as_str().unwrap_or("")
+                ));
+                return apply(c, run_id, owner, attempt, &Arbitration::Proceed, &record, now);
+            };
+            let decision = Arbitration::Defer { behind: behind.clone() };
             // Back to the queue without spending a compile attempt.
             c.prepare_cached(
                 "UPDATE runs SET deferred_behind = ?2, lease_owner = NULL, lease_expires_at = NULL,
@@ -125,8 +143,13 @@ fn apply(
             )?
             .execute(params![run_id, behind])?;
             runs::transition(c, &mut run, RunStatus::Queued, now)?;
+            return finish(c, run_id, &decision, record, now);
         }
     }
+    finish(c, run_id, decision, record, now)
+}
+
+fn finish(c: &Connection, run_id: &str, decision: &Arbitration, record: &Value, now: i64) -> Result<RunRecord> {
     let mut record = record.clone();
     if let Value::Object(m) = &mut record {
         m.insert("decision".into(), json!(decision_name(decision)));

@@ -80,3 +80,23 @@ async fn a_parallel_decision_is_not_asked_again() {
     let stale = t.ledger.arbitrate(&job, "w", Arbitration::Proceed, json!({})).await;
     assert!(matches!(stale, Err(machina_ledger::LedgerError::StaleLease(_))), "{stale:?}");
 }
+
+#[tokio::test]
+async fn runs_arbitrated_at_once_never_wait_for_each_other() {
+    let t = TestLedger::new();
+    let (_, z) = executing_run(&t.ledger, "p", shell_plan(1, 1)).await;
+    let (_, x) = enqueue(&t.ledger, "p", "sandbox-default", 1, json!({})).await;
+    let (_, y) = enqueue(&t.ledger, "p", "sandbox-default", 1, json!({})).await;
+    let jx = t.ledger.claim_compile("w1", LONG_LEASE).await.unwrap().unwrap();
+    let jy = t.ledger.claim_compile("w2", LONG_LEASE).await.unwrap().unwrap();
+    assert_eq!((jx.run.id.as_str(), jy.run.id.as_str()), (x.as_str(), y.as_str()));
+    assert_eq!(jy.rivals.len(), 2, "Y saw Z and the compiling X");
+    t.ledger.arbitrate(&jx, "w1", Arbitration::Defer { behind: z.clone() }, json!({"reason": "r"})).await.unwrap();
+    // Y chose to wait for X, which is queued by now: it waits for Z instead, never for X.
+    t.ledger.arbitrate(&jy, "w2", Arbitration::Defer { behind: x.clone() }, json!({"reason": "r"})).await.unwrap();
+    assert_eq!(events_of(&t, &y, "arbitration").await[0]["behind"].as_str(), Some(z.as_str()));
+    let task = t.ledger.claim_task("w", LONG_LEASE).await.unwrap().unwrap();
+    t.ledger.complete_task(ok_report(&task, "w")).await.unwrap();
+    let next = t.ledger.claim_compile("w1", LONG_LEASE).await.unwrap().expect("X or Y is claimable once Z is done");
+    assert!([x.as_str(), y.as_str()].contains(&next.run.id.as_str()));
+}
