@@ -160,6 +160,15 @@ pub fn machinactl(address: &str, as_uid: Option<u32>, args: &[&str]) -> std::pro
     cmd.stdin(Stdio::null()).output().unwrap()
 }
 
+/// Start `machinactl --address ADDRESS ARGS…` with stdin, stdout and stderr piped and `env`
+/// set (nothing else of machina's inherited), for commands that read standard input (`chat`).
+pub fn spawn_machinactl(address: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_machinactl"));
+    cmd.arg("--address").arg(address).args(args);
+    cmd.env_remove("MACHINA_BUS_ADDRESS").env_remove("CREDENTIALS_DIRECTORY").envs(env.iter().copied());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
 pub fn ledger_path(state: &Path) -> PathBuf {
     state.join("ledger.db")
 }

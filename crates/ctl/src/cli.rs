@@ -131,6 +131,26 @@ pub enum Command {
     },
     /// Print the running service's effective configuration (TOML, secrets redacted).
     Config,
+    /// A conversation: say what you want done (or type commands), one message per line.
+    ///
+    /// Each message is understood by the judge model of [judge] (or by pattern without
+    /// one), carried out over D-Bus like the other commands, and summed up in one line.
+    /// Ends with quit, exit or end of input.
+    Chat {
+        /// A configuration drop-in directory to read [judge] from (repeatable; default: the
+        /// system's). Credentials come from $CREDENTIALS_DIRECTORY, then judge.credentials_dir.
+        #[arg(long = "config-dir", value_name = "DIR")]
+        config_dirs: Vec<PathBuf>,
+        /// Override judge.mode for this session.
+        #[arg(long, value_enum)]
+        mode: Option<crate::chat::ModeArg>,
+        /// Time limit of each phase of a message (understanding, execution, summary).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        phase_timeout_secs: u64,
+        /// Do not ask a model: parse commands by pattern and sum up from templates.
+        #[arg(long)]
+        no_llm: bool,
+    },
     /// Check the ledger's integrity; exits 1 if anything is wrong.
     Verify {
         /// Hash every artifact, not just the configured sample.

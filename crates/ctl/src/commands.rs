@@ -79,6 +79,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
             print!("{}", proxy.get_config().await?);
             Ok(exit::OK)
         }
+        Command::Chat { config_dirs, mode, phase_timeout_secs, no_llm } => {
+            let phase_timeout = Duration::from_secs(phase_timeout_secs);
+            crate::chat::run(&proxy, crate::chat::Options { config_dirs, mode, phase_timeout, no_llm }).await
+        }
         Command::Verify { full } => {
             let json = proxy.verify(full).await?;
             print_doc(out, &json, render::verify)?;

@@ -3,6 +3,7 @@
 //! Every command is one or two D-Bus calls; `--output json` prints what the
 //! service returned, unchanged. Exit statuses are documented in [`exit`].
 
+pub mod chat;
 pub mod cli;
 pub mod commands;
 pub mod docs;
