@@ -2,7 +2,9 @@
 //! tool and the real `machina-task-exec`, each trying to run something other than the
 //! exact file an allowlist entry named when the policy was built — by another name, by a
 //! path trick, or by replacing the file afterwards. Every attack must fail; controls show
-//! the allowed file runs. Prints `attack-suite allowlist: N tried, N blocked`.
+//! the allowed file runs. Every attack runs twice: with tasks started through the exec
+//! wrapper, and through the wrapper's spawner (`--serve`, the worker's default). Prints
+//! `attack-suite allowlist: N tried, N blocked` and `attack-suite allowlist-spawner: …`.
 
 use machina_core::ErrCode;
 use machina_core::config::ShellSettings;
@@ -37,9 +39,22 @@ impl Fixture {
     }
 }
 
-fn policy(allow: &[&Path]) -> ShellPolicy {
+/// How tasks are started: through the exec wrapper, or through its spawner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Wrapper,
+    Spawner,
+}
+
+fn policy(via: Via, allow: &[&Path]) -> ShellPolicy {
     let s = ShellSettings { allow: allow.iter().map(|p| p.to_path_buf()).collect(), env_allow: vec![] };
-    ShellPolicy::new(&s).with_wrapper(Some(TASK_EXEC.into()))
+    ShellPolicy::new(&s).with_wrapper(Some(TASK_EXEC.into())).with_spawner(via == Via::Spawner)
+}
+
+/// After a run under `p`: it went the way `via` says (a spawner that failed to start
+/// would silently fall back to the wrapper).
+async fn assert_via(p: &ShellPolicy, via: Via) {
+    assert_eq!(p.spawner_pid().await.is_some(), via == Via::Spawner, "tasks must run via the {via:?}");
 }
 
 async fn sh(p: &ShellPolicy, argv: &[&str], dir: &Path) -> ShellOutcome {
@@ -91,34 +106,46 @@ impl Tally {
 
 #[tokio::test]
 async fn controls_allowed_binaries_run() {
-    let f = Fixture::new();
-    let copy = f.copy_of("echo", "/usr/bin/echo");
-    let p = policy(&[Path::new("/usr/bin/echo"), &copy]);
-    for argv0 in ["/usr/bin/echo", copy.to_str().unwrap()] {
-        let o = sh(&p, &[argv0, "ok"], &f.task).await;
-        assert_eq!((o.err_code, o.stdout.as_slice()), (None, &b"ok\n"[..]), "{argv0}: {}", show(&o));
+    for via in [Via::Wrapper, Via::Spawner] {
+        let f = Fixture::new();
+        let copy = f.copy_of("echo", "/usr/bin/echo");
+        let p = policy(via, &[Path::new("/usr/bin/echo"), &copy]);
+        for argv0 in ["/usr/bin/echo", copy.to_str().unwrap()] {
+            let o = sh(&p, &[argv0, "ok"], &f.task).await;
+            assert_eq!((o.err_code, o.stdout.as_slice()), (None, &b"ok\n"[..]), "{via:?} {argv0}: {}", show(&o));
+        }
+        assert_via(&p, via).await;
+        // A replaced binary is accepted again once the policy is rebuilt (a worker restart):
+        // the refusal below is the pin, not a broken copy.
+        let swap = f.copy_of("swap", "/usr/bin/printf");
+        std::fs::rename(&swap, &copy).unwrap();
+        assert!(denied_by_wrapper(&sh(&p, &[copy.to_str().unwrap(), "x"], &f.task).await), "{via:?}");
+        let o = sh(&policy(via, &[&copy]), &[copy.to_str().unwrap(), "again"], &f.task).await;
+        assert_eq!(o.stdout, b"again", "{via:?}: {}", show(&o));
     }
-    // A replaced binary is accepted again once the policy is rebuilt (a worker restart):
-    // the refusal below is the pin, not a broken copy.
-    let swap = f.copy_of("swap", "/usr/bin/printf");
-    std::fs::rename(&swap, &copy).unwrap();
-    assert!(denied_by_wrapper(&sh(&p, &[copy.to_str().unwrap(), "x"], &f.task).await));
-    let o = sh(&policy(&[&copy]), &[copy.to_str().unwrap(), "again"], &f.task).await;
-    assert_eq!(o.stdout, b"again", "{}", show(&o));
 }
 
 #[tokio::test]
 async fn attack_suite() {
+    suite(Via::Wrapper, "allowlist").await;
+}
+
+#[tokio::test]
+async fn attack_suite_spawner() {
+    suite(Via::Spawner, "allowlist-spawner").await;
+}
+
+async fn suite(via: Via, name: &str) {
     let f = Fixture::new();
     let mut t = Tally::default();
-    name_attacks(&f, &mut t).await;
-    replacement_attacks(&f, &mut t).await;
-    println!("attack-suite allowlist: {} tried, {} blocked", t.tried, t.blocked);
+    name_attacks(&f, via, &mut t).await;
+    replacement_attacks(&f, via, &mut t).await;
+    println!("attack-suite {name}: {} tried, {} blocked", t.tried, t.blocked);
     assert!(t.escaped.is_empty(), "attacks that got through: {:#?}", t.escaped);
 }
 
-async fn name_attacks(f: &Fixture, t: &mut Tally) {
-    let p = policy(&[Path::new("/usr/bin/true"), Path::new("/usr/bin/echo")]);
+async fn name_attacks(f: &Fixture, via: Via, t: &mut Tally) {
+    let p = policy(via, &[Path::new("/usr/bin/true"), Path::new("/usr/bin/echo")]);
     let dir = &f.task;
 
     let o = sh(&p, &["/usr/bin/id"], dir).await;
@@ -150,13 +177,14 @@ async fn name_attacks(f: &Fixture, t: &mut Tally) {
     }
 }
 
-async fn replacement_attacks(f: &Fixture, t: &mut Tally) {
+async fn replacement_attacks(f: &Fixture, via: Via, t: &mut Tally) {
     let dir = &f.task;
     let tool = f.copy_of("tool", "/usr/bin/true");
     let argv0 = tool.to_str().unwrap();
-    let p = policy(&[&tool]);
+    let p = policy(via, &[&tool]);
     let o = sh(&p, &[argv0], dir).await;
     assert_eq!(o.err_code, None, "control: the allowlisted copy runs: {}", show(&o));
+    assert_via(&p, via).await;
 
     let swap = f.copy_of("swap", "/usr/bin/id");
     std::fs::rename(&swap, &tool).unwrap();
@@ -171,14 +199,14 @@ async fn replacement_attacks(f: &Fixture, t: &mut Tally) {
 
     let tool = f.copy_of("inplace", "/usr/bin/true");
     let argv0 = tool.to_str().unwrap();
-    let p = policy(&[&tool]);
+    let p = policy(via, &[&tool]);
     std::fs::write(&tool, std::fs::read("/usr/bin/id").unwrap()).unwrap();
     let o = sh(&p, &[argv0], dir).await;
     t.attack("overwrite the allowlisted binary in place", denied_by_wrapper(&o), show(&o));
 
     let tool = f.copy_of("appended", "/usr/bin/true");
     let argv0 = tool.to_str().unwrap();
-    let p = policy(&[&tool]);
+    let p = policy(via, &[&tool]);
     std::fs::OpenOptions::new()
         .append(true)
         .open(&tool)
@@ -189,14 +217,14 @@ async fn replacement_attacks(f: &Fixture, t: &mut Tally) {
 
     let tool = f.copy_of("chmodded", "/usr/bin/true");
     let argv0 = tool.to_str().unwrap();
-    let p = policy(&[&tool]);
+    let p = policy(via, &[&tool]);
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let o = sh(&p, &[argv0], dir).await;
     t.attack("change the allowlisted binary's mode (setuid bit)", denied_by_wrapper(&o), show(&o));
 
     let tool = f.copy_of("relinked", "/usr/bin/true");
     let argv0 = tool.to_str().unwrap();
-    let p = policy(&[&tool]);
+    let p = policy(via, &[&tool]);
     std::fs::remove_file(&tool).unwrap();
     std::os::unix::fs::symlink("/usr/bin/id", &tool).unwrap();
     let o = sh(&p, &[argv0], dir).await;
@@ -204,7 +232,7 @@ async fn replacement_attacks(f: &Fixture, t: &mut Tally) {
 
     let tool = f.copy_of("fifo", "/usr/bin/true");
     let argv0 = tool.to_str().unwrap();
-    let p = policy(&[&tool]);
+    let p = policy(via, &[&tool]);
     std::fs::remove_file(&tool).unwrap();
     nix::unistd::mkfifo(&tool, nix::sys::stat::Mode::from_bits_truncate(0o755)).unwrap();
     let o = sh(&p, &[argv0], dir).await;
@@ -212,7 +240,7 @@ async fn replacement_attacks(f: &Fixture, t: &mut Tally) {
 
     let tool = f.copy_of("unconfined", "/usr/bin/true");
     let argv0 = tool.to_str().unwrap();
-    let p = policy(&[&tool]).with_wrapper(None);
+    let p = policy(via, &[&tool]).with_wrapper(None);
     let swap = f.copy_of("swap", "/usr/bin/id");
     std::fs::rename(&swap, &tool).unwrap();
     let o = sh(&p, &[argv0], dir).await;

@@ -3,7 +3,9 @@
 //! `machina-task-exec` under real landlock, each attack trying to get past the pin, the
 //! capability mask or the sandbox its capabilities map to. Every attack must fail; controls
 //! show the same plugin does the thing when its capability is granted, so "blocked" is not
-//! a broken plugin. Prints `attack-suite plugins: N tried, N blocked`.
+//! a broken plugin. Every attack runs twice: with plugins started through the exec
+//! wrapper, and through the wrapper's spawner (`--serve`, the worker's default). Prints
+//! `attack-suite plugins: N tried, N blocked` and `attack-suite plugins-spawner: …`.
 
 use machina_core::ErrCode;
 use machina_core::config::{SandboxSettings, ShellSettings};
@@ -96,16 +98,28 @@ fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn shell() -> ShellPolicy {
+/// How plugins are started: through the exec wrapper, or through its spawner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Wrapper,
+    Spawner,
+}
+
+fn shell(via: Via) -> ShellPolicy {
     let sandbox = SandboxSettings { address_space_bytes: NORMAL_AS_BYTES, ..SandboxSettings::default() };
     ShellPolicy::new(&ShellSettings { allow: vec![], env_allow: vec![] })
         .with_sandbox(&sandbox)
         .with_wrapper(Some(TASK_EXEC.into()))
+        .with_spawner(via == Via::Spawner)
         .with_plugin_memory_bytes(PLUGIN_MEMORY_BYTES)
 }
 
-async fn exec(p: &Plugin, args: &[&str], dir: &Path) -> ShellOutcome {
-    exec_with(&shell(), p, args, dir).await
+async fn exec(via: Via, p: &Plugin, args: &[&str], dir: &Path) -> ShellOutcome {
+    let shell = shell(via);
+    let o = exec_with(&shell, p, args, dir).await;
+    // A spawner that failed to start would silently fall back to the wrapper.
+    assert_eq!(shell.spawner_pid().await.is_some(), via == Via::Spawner, "plugins must run via the {via:?}");
+    o
 }
 
 async fn exec_with(shell: &ShellPolicy, p: &Plugin, args: &[&str], dir: &Path) -> ShellOutcome {
@@ -150,16 +164,22 @@ impl Tally {
 
 #[tokio::test]
 async fn controls_good_plugins_run() {
+    for via in [Via::Wrapper, Via::Spawner] {
+        controls(via).await;
+    }
+}
+
+async fn controls(via: Via) {
     let f = Fixture::new();
     let script = f.script("hello", "echo \"hello $1 from $(pwd)\"");
     let p = f.plugin("hello", &script, &[], "");
     let task = f.task("hello");
-    let o = exec(&p, &["world"], &task).await;
+    let o = exec(via, &p, &["world"], &task).await;
     assert_eq!(o.err_code, None, "{}", show(&o));
     assert_eq!(out(&o), format!("hello world from {}\n", task.display()));
     let elf = f.copy_of("printenv", "/usr/bin/env");
     let p = f.plugin("printenv", &elf, &[], "");
-    let o = exec(&p, &["GREETING=hi"], &task).await;
+    let o = exec(via, &p, &["GREETING=hi"], &task).await;
     assert!(o.err_code.is_none() && out(&o).contains("GREETING=hi"), "{}", show(&o));
     // Undeclared capabilities are accepted when explicitly allowed (and the mask has all).
     let m = f.manifest("undeclared", &script, None, "");
@@ -169,24 +189,33 @@ async fn controls_good_plugins_run() {
 
 #[tokio::test]
 async fn attack_suite() {
+    suite(Via::Wrapper, "plugins").await;
+}
+
+#[tokio::test]
+async fn attack_suite_spawner() {
+    suite(Via::Spawner, "plugins-spawner").await;
+}
+
+async fn suite(via: Via, name: &str) {
     let f = Fixture::new();
     println!("preflight: {}", preflight());
     let mut t = Tally::default();
     load_attacks(&f, &mut t);
-    swap_attacks(&f, &mut t).await;
-    network_attack(&f, &mut t).await;
-    file_attacks(&f, &mut t).await;
-    shell_attacks(&f, &mut t).await;
-    memory_attack(&f, &mut t).await;
+    swap_attacks(&f, via, &mut t).await;
+    network_attack(&f, via, &mut t).await;
+    file_attacks(&f, via, &mut t).await;
+    shell_attacks(&f, via, &mut t).await;
+    memory_attack(&f, via, &mut t).await;
     let script = f.script("unwrapped", "echo RAN");
     let p = f.plugin("unwrapped", &script, &[], "");
-    let o = exec_with(&shell().with_wrapper(None), &p, &[], &f.task("unwrapped")).await;
+    let o = exec_with(&shell(via).with_wrapper(None), &p, &[], &f.task("unwrapped")).await;
     t.attack(
         "run a plugin without the sandboxing wrapper",
         o.err_code == Some(ErrCode::BootFail) && o.stdout.is_empty(),
         show(&o),
     );
-    println!("attack-suite plugins: {} tried, {} blocked", t.tried, t.blocked);
+    println!("attack-suite {name}: {} tried, {} blocked", t.tried, t.blocked);
     assert!(t.escaped.is_empty(), "attacks that got through: {:#?}", t.escaped);
 }
 
@@ -249,15 +278,15 @@ fn load_attacks(f: &Fixture, t: &mut Tally) {
     );
 }
 
-async fn swap_attacks(f: &Fixture, t: &mut Tally) {
+async fn swap_attacks(f: &Fixture, via: Via, t: &mut Tally) {
     let task = f.task("swap");
     let path = f.script("swapped", "echo original");
     let p = f.plugin("swapped", &path, &[], "");
-    let o = exec(&p, &[], &task).await;
+    let o = exec(via, &p, &[], &task).await;
     assert_eq!(out(&o), "original\n", "control: {}", show(&o));
     let evil = f.script("evil", "echo PWNED");
     std::fs::rename(&evil, &path).unwrap();
-    let o = exec(&p, &[], &task).await;
+    let o = exec(via, &p, &[], &task).await;
     let denied = |o: &ShellOutcome| {
         let err = String::from_utf8_lossy(&o.stderr);
         o.err_code == Some(ErrCode::PolicyDenied)
@@ -270,14 +299,14 @@ async fn swap_attacks(f: &Fixture, t: &mut Tally) {
     let path = f.script("rewritten", "echo original");
     let p = f.plugin("rewritten", &path, &[], "");
     std::fs::write(&path, "#!/bin/sh\necho PWNED\n").unwrap();
-    let o = exec(&p, &[], &task).await;
+    let o = exec(via, &p, &[], &task).await;
     t.attack("rewrite the plugin in place after it was loaded", denied(&o), show(&o));
 
     let elf = f.copy_of("elf-swapped", "/usr/bin/true");
     let p = f.plugin("elf-swapped", &elf, &[], "");
     let evil = f.copy_of("elf-evil", "/usr/bin/id");
     std::fs::rename(&evil, &elf).unwrap();
-    let o = exec(&p, &[], &task).await;
+    let o = exec(via, &p, &[], &task).await;
     t.attack(
         "swap an ELF plugin for another program",
         o.err_code == Some(ErrCode::PolicyDenied) && o.stdout.is_empty(),
@@ -285,7 +314,7 @@ async fn swap_attacks(f: &Fixture, t: &mut Tally) {
     );
 }
 
-async fn network_attack(f: &Fixture, t: &mut Tally) {
+async fn network_attack(f: &Fixture, via: Via, t: &mut Tally) {
     let pre = preflight();
     if !pre.landlock_network {
         println!("skipped: TCP denial needs landlock ABI 4, this kernel has {}", pre.landlock_abi);
@@ -299,7 +328,7 @@ async fn network_attack(f: &Fixture, t: &mut Tally) {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.set_nonblocking(true).unwrap();
             let port = listener.local_addr().unwrap().port().to_string();
-            let o = exec(&p, &[port.as_str()], &task).await;
+            let o = exec(via, &p, &[port.as_str()], &task).await;
             let accepted = match listener.accept() {
                 Ok(_) => true,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => false,
@@ -314,15 +343,15 @@ async fn network_attack(f: &Fixture, t: &mut Tally) {
     t.attack("TCP connect to a loopback listener without NETWORK", !accepted && o.err_code.is_some(), show(&o));
 }
 
-async fn file_attacks(f: &Fixture, t: &mut Tally) {
+async fn file_attacks(f: &Fixture, via: Via, t: &mut Tally) {
     let writer = f.script("writer", "echo x > \"$PWD/out\" && echo WROTE");
     let p = f.plugin("writer-ok", &writer, &["FILE_WRITE"], "");
     let task = f.task("writer-ok");
-    let o = exec(&p, &[], &task).await;
+    let o = exec(via, &p, &[], &task).await;
     assert!(task.join("out").exists(), "control: with FILE_WRITE the task dir is writable: {}", show(&o));
     let p = f.plugin("writer", &writer, &[], "");
     let task = f.task("writer");
-    let o = exec(&p, &[], &task).await;
+    let o = exec(via, &p, &[], &task).await;
     t.attack(
         "write into the task dir without FILE_WRITE",
         !task.join("out").exists() && !out(&o).contains("WROTE"),
@@ -331,7 +360,7 @@ async fn file_attacks(f: &Fixture, t: &mut Tally) {
     let planted = Path::new("/tmp").join(format!("machina-plugin-attack-{}", std::process::id()));
     let sh = f.script("tmp-writer", &format!("echo x > {}", planted.display()));
     let p = f.plugin("tmp-writer", &sh, &["FILE_WRITE"], "");
-    let o = exec(&p, &[], &f.task("tmp-writer")).await;
+    let o = exec(via, &p, &[], &f.task("tmp-writer")).await;
     t.attack("write outside the task dir even with FILE_WRITE", !planted.exists(), show(&o));
     let _ = std::fs::remove_file(&planted);
 
@@ -339,36 +368,36 @@ async fn file_attacks(f: &Fixture, t: &mut Tally) {
     let reader = f.copy_of("reader", "/usr/bin/cat");
     let read_paths = format!("read_paths = [\"{}\"]", f.data.display());
     let p = f.plugin("reader-ok", &reader, &["FILE_READ"], &read_paths);
-    let o = exec(&p, &[secret.to_str().unwrap()], &f.task("reader-ok")).await;
+    let o = exec(via, &p, &[secret.to_str().unwrap()], &f.task("reader-ok")).await;
     assert_eq!(out(&o), SECRET, "control: with FILE_READ its read_paths are readable: {}", show(&o));
     let p = f.plugin("reader", &reader, &[], &read_paths);
-    let o = exec(&p, &[secret.to_str().unwrap()], &f.task("reader")).await;
+    let o = exec(via, &p, &[secret.to_str().unwrap()], &f.task("reader")).await;
     t.attack("read declared read_paths without FILE_READ", !out(&o).contains(SECRET), show(&o));
     let p = f.plugin("reader-other", &reader, &["FILE_READ"], &read_paths);
-    let o = exec(&p, &["/etc/shadow"], &f.task("reader-other")).await;
+    let o = exec(via, &p, &["/etc/shadow"], &f.task("reader-other")).await;
     t.attack("read beyond its read_paths with FILE_READ", o.err_code.is_some() && o.stdout.is_empty(), show(&o));
 }
 
-async fn shell_attacks(f: &Fixture, t: &mut Tally) {
+async fn shell_attacks(f: &Fixture, via: Via, t: &mut Tally) {
     // A copy of env: an ELF plugin that execs whatever its arguments name.
     let env = f.copy_of("launcher", "/usr/bin/env");
     let with_shell = f.plugin("launcher-shell", &env, &["SHELL"], "");
     let without = f.plugin("launcher", &env, &[], "");
     let task = f.task("launcher");
-    let o = exec(&with_shell, &["/bin/sh", "-c", "echo ESCAPED"], &task).await;
+    let o = exec(via, &with_shell, &["/bin/sh", "-c", "echo ESCAPED"], &task).await;
     assert_eq!(out(&o), "ESCAPED\n", "control: with SHELL /bin/sh runs: {}", show(&o));
-    let o = exec(&without, &["/bin/sh", "-c", "echo ESCAPED"], &task).await;
+    let o = exec(via, &without, &["/bin/sh", "-c", "echo ESCAPED"], &task).await;
     t.attack("exec /bin/sh without SHELL", !out(&o).contains("ESCAPED") && o.err_code.is_some(), show(&o));
-    let o = exec(&without, &["/usr/bin/id"], &task).await;
+    let o = exec(via, &without, &["/usr/bin/id"], &task).await;
     t.attack("exec /usr/bin/id without SHELL", !out(&o).contains("uid=") && o.err_code.is_some(), show(&o));
 
     let arch = std::env::consts::ARCH.replace('_', "-");
     match dynamic_loaders().into_iter().find(|l| l.to_string_lossy().contains(&arch)) {
         Some(ld) => {
             let ld = ld.to_str().unwrap();
-            let o = exec(&with_shell, &[ld, "/usr/bin/id"], &task).await;
+            let o = exec(via, &with_shell, &[ld, "/usr/bin/id"], &task).await;
             assert!(out(&o).contains("uid="), "control: with SHELL the loader runs id: {}", show(&o));
-            let o = exec(&without, &[ld, "/usr/bin/id"], &task).await;
+            let o = exec(via, &without, &[ld, "/usr/bin/id"], &task).await;
             t.attack("run /usr/bin/id through the dynamic loader without SHELL", !out(&o).contains("uid="), show(&o));
         }
         None => println!("skipped: no dynamic loader for {arch} found"),
@@ -376,13 +405,13 @@ async fn shell_attacks(f: &Fixture, t: &mut Tally) {
 
     let script = f.script("script-launcher", "/usr/bin/id && echo RAN-ID");
     let p = f.plugin("script-launcher", &script, &[], "");
-    let o = exec(&p, &[], &task).await;
+    let o = exec(via, &p, &[], &task).await;
     t.attack("a script plugin without SHELL execs /usr/bin/id", !out(&o).contains("RAN-ID"), show(&o));
     let dropper =
         f.script("dropper", "cp /usr/bin/true ./dropped && chmod +x ./dropped && ./dropped && echo RAN-DROPPED");
     let p = f.plugin("dropper", &dropper, &["FILE_WRITE", "SHELL"], "");
     let task = f.task("dropper");
-    let o = exec(&p, &[], &task).await;
+    let o = exec(via, &p, &[], &task).await;
     let written = task.join("dropped").exists();
     t.attack(
         "exec a program it wrote into the task dir (FILE_WRITE + SHELL)",
@@ -391,14 +420,14 @@ async fn shell_attacks(f: &Fixture, t: &mut Tally) {
     );
 }
 
-async fn memory_attack(f: &Fixture, t: &mut Tally) {
+async fn memory_attack(f: &Fixture, via: Via, t: &mut Tally) {
     let dd = f.copy_of("dd", "/usr/bin/dd");
     let args = ["if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"];
     let p = f.plugin("dd-memory", &dd, &["MEMORY"], "");
-    let o = exec(&p, &args, &f.task("dd-memory")).await;
+    let o = exec(via, &p, &args, &f.task("dd-memory")).await;
     assert_eq!(o.err_code, None, "control: with MEMORY a 256 MiB buffer fits: {}", show(&o));
     let p = f.plugin("dd", &dd, &[], "");
-    let o = exec(&p, &args, &f.task("dd")).await;
+    let o = exec(via, &p, &args, &f.task("dd")).await;
     t.attack(
         "allocate beyond the normal address-space limit without MEMORY",
         o.err_code == Some(ErrCode::CmdNonzero),

@@ -1,10 +1,12 @@
 //! Attack suite for the task sandbox: real commands run through the real
 //! `machina-task-exec` under real landlock and rlimits, each trying to break out.
 //! Every attack must fail; controls show the same command works where it is allowed,
-//! so a "blocked" result is not just a broken command. Prints
-//! `attack-suite sandbox: N tried, N blocked`.
+//! so a "blocked" result is not just a broken command. Every attack runs twice: through
+//! the wrapper (posix_spawn'ed, it confines itself and execs) and through its spawner
+//! (`--serve`: a child forked per command confines itself and execs), with the same spec.
+//! Prints `attack-suite sandbox: N tried, N blocked` and `attack-suite sandbox-spawner: …`.
 
-use machina_sandbox::{Rlimits, SandboxSpec, preflight};
+use machina_sandbox::{ChildIo, Rlimits, SandboxSpec, SpawnRequest, Spawner, preflight};
 use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -12,6 +14,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 
 const TASK_EXEC: &str = env!("CARGO_BIN_EXE_machina-task-exec");
 const SECRET: &str = "ledger-secret-4f1c";
@@ -76,14 +79,6 @@ fn command(spec: &SandboxSpec, argv: &[&str]) -> Command {
     c
 }
 
-fn run(spec: &SandboxSpec, argv: &[&str]) -> Output {
-    command(spec, argv).output().expect("spawn machina-task-exec")
-}
-
-fn sh(spec: &SandboxSpec, script: &str) -> Output {
-    run(spec, &["/bin/sh", "-c", script])
-}
-
 fn show(o: &Output) -> String {
     format!(
         "status {:?}, stdout {:?}, stderr {:?}",
@@ -91,6 +86,76 @@ fn show(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// How the suite starts a confined command.
+enum Runner {
+    /// posix_spawn of machina-task-exec, which confines itself and execs the command.
+    Wrapper,
+    /// machina-task-exec --serve, whose child confines itself and execs the command.
+    Spawner { rt: tokio::runtime::Runtime, spawner: Spawner },
+}
+
+impl Runner {
+    /// A spawner running `program --serve` (machina-task-exec, or a script exec'ing it).
+    fn spawner(program: &Path) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let spawner = rt.block_on(Spawner::start(program)).expect("start machina-task-exec --serve");
+        Self::Spawner { rt, spawner }
+    }
+
+    fn run(&self, spec: &SandboxSpec, argv: &[&str]) -> Output {
+        self.run_in(spec, argv, &spec.task_dir)
+    }
+
+    fn sh(&self, spec: &SandboxSpec, script: &str) -> Output {
+        self.run(spec, &["/bin/sh", "-c", script])
+    }
+
+    /// Run `argv` confined by `spec` with `dir` as its working directory, to the end.
+    fn run_in(&self, spec: &SandboxSpec, argv: &[&str], dir: &Path) -> Output {
+        match self {
+            Self::Wrapper => command(spec, argv).current_dir(dir).output().expect("spawn machina-task-exec"),
+            Self::Spawner { rt, spawner } => rt.block_on(async {
+                let mut c = spawner.spawn(request(spec, argv, dir)).await.expect("spawn through the spawner");
+                let (mut out, mut err) = (c.stdout.take().unwrap(), c.stderr.take().unwrap());
+                let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+                let (o, e, status) = tokio::join!(out.read_to_end(&mut stdout), err.read_to_end(&mut stderr), c.wait());
+                o.and(e).expect("read the output");
+                Output { status: status.expect("exit status"), stdout, stderr }
+            }),
+        }
+    }
+
+    /// Start `argv`, wait at most `limit`; kill it if it is still running then.
+    fn run_bounded(&self, spec: &SandboxSpec, argv: &[&str], limit: Duration) -> Option<ExitStatus> {
+        match self {
+            Self::Wrapper => wait_bounded(&mut command(spec, argv).spawn().unwrap(), limit),
+            Self::Spawner { rt, spawner } => rt.block_on(async {
+                let mut req = request(spec, argv, &spec.task_dir);
+                (req.stdout, req.stderr) = (ChildIo::Null, ChildIo::Null);
+                let mut c = spawner.spawn(req).await.expect("spawn through the spawner");
+                match tokio::time::timeout(limit, c.wait()).await {
+                    Ok(status) => Some(status.expect("exit status")),
+                    Err(_) => {
+                        let _ = c.start_kill();
+                        let _ = c.wait().await;
+                        None
+                    }
+                }
+            }),
+        }
+    }
+}
+
+/// What `command` runs, as a spawn request.
+fn request(spec: &SandboxSpec, argv: &[&str], dir: &Path) -> SpawnRequest {
+    let mut r = SpawnRequest::new(spec.clone(), argv[0]);
+    r.args = argv[1..].iter().map(Into::into).collect();
+    r.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
+    r.cwd = dir.to_path_buf();
+    (r.stdout, r.stderr) = (ChildIo::Piped, ChildIo::Piped);
+    r
 }
 
 /// Wait at most `limit` for `child`; kill it if it is still running then.
@@ -109,69 +174,80 @@ fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> Option<Exit
 
 #[test]
 fn controls_the_sandbox_lets_a_task_work_in_its_directory() {
-    let f = Fixture::new();
-    let o = sh(&f.spec(), "echo ok > f && cat f && cat /etc/ld.so.cache > /dev/null && echo done");
-    assert!(o.status.success(), "{}", show(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\ndone\n");
-    let o = run(&f.spec(), &["/nonexistent/program"]);
-    assert_eq!(o.status.code(), Some(127), "{}", show(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot execute"));
-    let mut spec = f.spec();
-    spec.task_dir = f.task.join("missing");
-    let o = command(&spec, &["/bin/true"]).current_dir(&f.task).output().unwrap();
-    assert_eq!(o.status.code(), Some(125), "a spec that cannot be applied runs nothing: {}", show(&o));
+    for r in [Runner::Wrapper, Runner::spawner(Path::new(TASK_EXEC))] {
+        let f = Fixture::new();
+        let o = r.sh(&f.spec(), "echo ok > f && cat f && cat /etc/ld.so.cache > /dev/null && echo done");
+        assert!(o.status.success(), "{}", show(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\ndone\n");
+        let o = r.run(&f.spec(), &["/nonexistent/program"]);
+        assert_eq!(o.status.code(), Some(127), "{}", show(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("cannot execute"));
+        let mut spec = f.spec();
+        spec.task_dir = f.task.join("missing");
+        let o = r.run_in(&spec, &["/bin/true"], &f.task);
+        assert_eq!(o.status.code(), Some(125), "a spec that cannot be applied runs nothing: {}", show(&o));
+    }
 }
 
 #[test]
 fn attack_suite() {
+    suite(&Runner::Wrapper, "sandbox");
+}
+
+#[test]
+fn attack_suite_spawner() {
+    suite(&Runner::spawner(Path::new(TASK_EXEC)), "sandbox-spawner");
+}
+
+fn suite(r: &Runner, name: &str) {
     let f = Fixture::new();
     let pre = preflight();
     println!("preflight: {pre}");
     let mut t = Tally::default();
-    filesystem_attacks(&f, &mut t);
-    network_attack(&f, &pre, &mut t);
-    signal_attack(&f, &pre, &mut t);
-    rlimit_attacks(&f, &mut t);
-    capability_attacks(&f, &mut t);
-    fork_bomb(&mut t);
-    println!("attack-suite sandbox: {} tried, {} blocked", t.tried, t.blocked);
+    filesystem_attacks(r, &f, &mut t);
+    network_attack(r, &f, &pre, &mut t);
+    signal_attack(r, &f, &pre, &mut t);
+    rlimit_attacks(r, &f, &mut t);
+    capability_attacks(r, &f, &mut t);
+    fork_bomb(matches!(r, Runner::Spawner { .. }), &mut t);
+    println!("attack-suite {name}: {} tried, {} blocked", t.tried, t.blocked);
     assert!(t.escaped.is_empty(), "attacks that got through: {:#?}", t.escaped);
 }
 
-fn filesystem_attacks(f: &Fixture, t: &mut Tally) {
+fn filesystem_attacks(r: &Runner, f: &Fixture, t: &mut Tally) {
     let spec = f.spec();
     let tmp_target = PathBuf::from(format!("/tmp/machina-attack-{}", std::process::id()));
-    let o = sh(&spec, &format!("echo x > {}", tmp_target.display()));
+    let o = r.sh(&spec, &format!("echo x > {}", tmp_target.display()));
     t.attack("write /tmp outside the task dir", !tmp_target.exists(), show(&o));
     let _ = std::fs::remove_file(&tmp_target);
 
-    let o = sh(&spec, "echo x > ../../../planted");
+    let o = r.sh(&spec, "echo x > ../../../planted");
     t.attack("write into the state dir", !f.state.join("planted").exists(), show(&o));
 
-    let o = sh(&spec, &format!("echo x >> {}", f.ledger.display()));
+    let o = r.sh(&spec, &format!("echo x >> {}", f.ledger.display()));
     let intact = std::fs::read_to_string(&f.ledger).unwrap() == SECRET;
     t.attack("append to the ledger", intact, show(&o));
 
-    let o = run(&spec, &["/bin/cat", f.ledger.to_str().unwrap()]);
+    let o = r.run(&spec, &["/bin/cat", f.ledger.to_str().unwrap()]);
     t.attack("read the ledger", !leaks(&o), show(&o));
 
-    let o = run(&spec, &["/bin/cat", "/etc/shadow"]);
+    let o = r.run(&spec, &["/bin/cat", "/etc/shadow"]);
     t.attack("read /etc/shadow", !o.status.success() && o.stdout.is_empty(), show(&o));
 
     std::os::unix::fs::symlink(&f.ledger, f.task.join("planted-link")).unwrap();
-    let o = run(&spec, &["/bin/cat", "planted-link"]);
+    let o = r.run(&spec, &["/bin/cat", "planted-link"]);
     t.attack("follow a symlink planted in the task dir", !leaks(&o), show(&o));
 
-    let o = sh(&spec, &format!("ln -s {} own-link; cat own-link", f.ledger.display()));
+    let o = r.sh(&spec, &format!("ln -s {} own-link; cat own-link", f.ledger.display()));
     t.attack("create and follow a symlink out", !leaks(&o), show(&o));
 
-    let o = sh(&spec, &format!("ln {} hard; cat hard", f.ledger.display()));
+    let o = r.sh(&spec, &format!("ln {} hard; cat hard", f.ledger.display()));
     t.attack("hard-link the ledger into the task dir", !leaks(&o), show(&o));
 
-    let o = sh(&spec, &format!("mv {} stolen; cat stolen", f.ledger.display()));
+    let o = r.sh(&spec, &format!("mv {} stolen; cat stolen", f.ledger.display()));
     t.attack("move the ledger into the task dir", !leaks(&o) && f.ledger.exists(), show(&o));
 
-    let o = run(&spec, &["/bin/ls", "/"]);
+    let o = r.run(&spec, &["/bin/ls", "/"]);
     t.attack("list the root directory", !o.status.success(), show(&o));
 }
 
@@ -179,7 +255,7 @@ fn leaks(o: &Output) -> bool {
     String::from_utf8_lossy(&o.stdout).contains(SECRET)
 }
 
-fn network_attack(f: &Fixture, pre: &machina_sandbox::Preflight, t: &mut Tally) {
+fn network_attack(r: &Runner, f: &Fixture, pre: &machina_sandbox::Preflight, t: &mut Tally) {
     if !pre.landlock_network {
         println!("skipped: TCP denial needs landlock ABI 4, this kernel has {}", pre.landlock_abi);
         assert!(pre.landlock_abi < 4);
@@ -191,7 +267,7 @@ fn network_attack(f: &Fixture, pre: &machina_sandbox::Preflight, t: &mut Tally) 
         let port = listener.local_addr().unwrap().port();
         let mut spec = f.spec();
         spec.network = network;
-        let o = run(&spec, &["/bin/bash", "-c", &format!("echo hi > /dev/tcp/127.0.0.1/{port}")]);
+        let o = r.run(&spec, &["/bin/bash", "-c", &format!("echo hi > /dev/tcp/127.0.0.1/{port}")]);
         let accepted = match listener.accept() {
             Ok(_) => true,
             Err(e) if e.kind() == ErrorKind::WouldBlock => false,
@@ -205,13 +281,13 @@ fn network_attack(f: &Fixture, pre: &machina_sandbox::Preflight, t: &mut Tally) 
     t.attack("TCP connect to 127.0.0.1 with network=false", !accepted && !o.status.success(), show(&o));
 }
 
-fn signal_attack(f: &Fixture, pre: &machina_sandbox::Preflight, t: &mut Tally) {
+fn signal_attack(r: &Runner, f: &Fixture, pre: &machina_sandbox::Preflight, t: &mut Tally) {
     if !pre.landlock_scopes {
         println!("skipped: signal scoping needs landlock ABI 6, this kernel has {}", pre.landlock_abi);
         return;
     }
     let mut victim = Command::new("/bin/sleep").arg("30").spawn().unwrap();
-    let o = run(&f.spec(), &["/bin/kill", "-KILL", &victim.id().to_string()]);
+    let o = r.run(&f.spec(), &["/bin/kill", "-KILL", &victim.id().to_string()]);
     std::thread::sleep(Duration::from_millis(50));
     let alive = victim.try_wait().unwrap().is_none();
     t.attack("kill a process outside the sandbox", alive, show(&o));
@@ -219,47 +295,47 @@ fn signal_attack(f: &Fixture, pre: &machina_sandbox::Preflight, t: &mut Tally) {
     let _ = victim.wait();
 }
 
-fn rlimit_attacks(f: &Fixture, t: &mut Tally) {
+fn rlimit_attacks(r: &Runner, f: &Fixture, t: &mut Tally) {
     let mut spec = f.spec();
     spec.rlimits =
         Rlimits { cpu_secs: 1, address_space_bytes: 256 << 20, file_size_bytes: 1 << 20, ..Rlimits::default() };
 
-    let o = run(&spec, &["/bin/dd", "if=/dev/zero", "of=big", "bs=64k", "count=64"]);
+    let o = r.run(&spec, &["/bin/dd", "if=/dev/zero", "of=big", "bs=64k", "count=64"]);
     let size = std::fs::metadata(f.task.join("big")).map(|m| m.len()).unwrap_or(0);
     let blocked = size <= 1 << 20 && (o.status.signal() == Some(SIGXFSZ) || !o.status.success());
     t.attack("write a file beyond file_size_bytes", blocked, format!("size {size}, {}", show(&o)));
 
-    let o = run(&spec, &["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=1M", "count=1"]);
+    let o = r.run(&spec, &["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=1M", "count=1"]);
     assert!(o.status.success(), "control: a small buffer is fine: {}", show(&o));
-    let o = run(&spec, &["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=512M", "count=1"]);
+    let o = r.run(&spec, &["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=512M", "count=1"]);
     t.attack("allocate beyond address_space_bytes", !o.status.success(), show(&o));
 
-    let mut child = command(&spec, &["/bin/sh", "-c", "while :; do :; done"]).spawn().unwrap();
-    let status = wait_bounded(&mut child, Duration::from_secs(20));
+    let status = r.run_bounded(&spec, &["/bin/sh", "-c", "while :; do :; done"], Duration::from_secs(20));
     let killed = status.and_then(|s| s.signal()).is_some_and(|s| s == SIGXCPU || s == SIGKILL);
     t.attack("spin the CPU beyond cpu_secs", killed, format!("{status:?}"));
 }
 
-fn capability_attacks(f: &Fixture, t: &mut Tally) {
+fn capability_attacks(r: &Runner, f: &Fixture, t: &mut Tally) {
     let mut spec = f.spec();
     spec.read_only.push("/proc".into());
-    let o = run(&spec, &["/bin/grep", "^Cap", "/proc/self/status"]);
+    let o = r.run(&spec, &["/bin/grep", "^Cap", "/proc/self/status"]);
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     let all_zero = text.lines().count() == 5 && text.lines().all(|l| l.ends_with("0000000000000000"));
     t.attack("hold any capability (CapInh/Prm/Eff/Bnd/Amb)", all_zero, show(&o));
 
     std::fs::write(f.task.join("mine"), "x").unwrap();
-    let o = run(&spec, &["/bin/chown", "65534", "mine"]);
+    let o = r.run(&spec, &["/bin/chown", "65534", "mine"]);
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(f.task.join("mine")).unwrap());
     t.attack("chown a file to another user (CAP_CHOWN)", uid != 65534, show(&o));
 
-    let o = run(&spec, &["/usr/bin/setpriv", "--reuid=65534", "/bin/true"]);
+    let o = r.run(&spec, &["/usr/bin/setpriv", "--reuid=65534", "/bin/true"]);
     t.attack("switch uid (CAP_SETUID)", !o.status.success(), show(&o));
 }
 
 /// RLIMIT_NPROC counts the processes of a uid and never applies to root, so the bomb runs
-/// as nobody (setpriv) — possible only when the suite runs as root.
-fn fork_bomb(t: &mut Tally) {
+/// as nobody (setpriv) — possible only when the suite runs as root. Through the spawner,
+/// the spawner itself runs as nobody (started by a script that setprivs to it).
+fn fork_bomb(through_spawner: bool, t: &mut Tally) {
     if !nix::unistd::Uid::effective().is_root() || !Path::new("/usr/bin/setpriv").exists() {
         println!("skipped: the fork bomb needs root and setpriv to run as an unprivileged uid");
         return;
@@ -272,13 +348,20 @@ fn fork_bomb(t: &mut Tally) {
     let mut spec = SandboxSpec::new(&task);
     spec.rlimits.processes = 8;
     let script = "n=0; while [ $n -lt 64 ]; do sleep 2 & n=$((n+1)); done; wait";
-    let c = command(&spec, &["/bin/sh", "-c", script]);
-    let mut args: Vec<std::ffi::OsString> =
-        ["--reuid=65534", "--regid=65534", "--clear-groups", TASK_EXEC].iter().map(Into::into).collect();
-    args.extend(c.get_args().map(Into::into));
-    let mut bomb = Command::new("/usr/bin/setpriv");
-    bomb.args(args).env_clear().env("PATH", "/usr/bin:/bin").current_dir(&task).stdin(Stdio::null());
-    let o = bomb.output().unwrap();
+    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups", TASK_EXEC];
+    let o = if through_spawner {
+        let launcher = root.path().join("serve-as-nobody");
+        std::fs::write(&launcher, format!("#!/bin/sh\nexec /usr/bin/setpriv {} \"$@\"\n", nobody.join(" "))).unwrap();
+        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Runner::spawner(&launcher).run(&spec, &["/bin/sh", "-c", script])
+    } else {
+        let c = command(&spec, &["/bin/sh", "-c", script]);
+        let mut args: Vec<std::ffi::OsString> = nobody.iter().map(Into::into).collect();
+        args.extend(c.get_args().map(Into::into));
+        let mut bomb = Command::new("/usr/bin/setpriv");
+        bomb.args(args).env_clear().env("PATH", "/usr/bin:/bin").current_dir(&task).stdin(Stdio::null());
+        bomb.output().unwrap()
+    };
     let err = String::from_utf8_lossy(&o.stderr);
     let refused = err.contains("fork") || err.contains("Resource temporarily unavailable");
     t.attack("fork bomb beyond processes (as uid 65534)", refused, show(&o));

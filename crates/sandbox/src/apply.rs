@@ -1,16 +1,20 @@
-//! Applying a [`SandboxSpec`] to the calling process (the wrapper, just before exec).
+//! Applying a [`SandboxSpec`] to the calling process (the wrapper or a spawner's child,
+//! just before exec).
 
-use crate::loaders::dynamic_loaders;
+use crate::loaders::dynamic_loaders_cached;
 use crate::preflight::{abi_number, landlock_abi};
 use crate::{Required, Rlimits, SandboxSpec};
 use caps::CapSet;
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    RulesetStatus, Scope, path_beneath_rules,
+    RulesetStatus, Scope,
 };
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::stat::SFlag;
 use serde::Serialize;
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// Why the sandbox could not be applied at all.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +118,9 @@ impl fmt::Display for Report {
 /// Confine the calling process as `spec` says. Best effort: the [`Report`] tells what is in
 /// force; an error means the spec itself could not be honoured (no task directory).
 pub fn apply(spec: &SandboxSpec) -> Result<Report, SandboxError> {
-    let mut r = Report { new_session: nix::unistd::setsid().is_ok(), ..Report::default() };
+    // A spawner's idle child made its session ahead (setsid costs tens of microseconds).
+    let new_session = nix::unistd::setsid().is_ok() || leads_own_session();
+    let mut r = Report { new_session, ..Report::default() };
     r.rlimits = set_rlimits(&spec.rlimits, &mut r.notes);
     drop_capabilities(&mut r);
     match nix::sys::prctl::set_no_new_privs() {
@@ -123,6 +129,62 @@ pub fn apply(spec: &SandboxSpec) -> Result<Report, SandboxError> {
     }
     restrict_landlock(spec, &mut r)?;
     Ok(r)
+}
+
+fn leads_own_session() -> bool {
+    nix::unistd::getsid(None).is_ok_and(|sid| sid == nix::unistd::getpid())
+}
+
+/// Directories and device nodes opened (O_PATH) by a spawner's idle child while it waits
+/// for a request: [`restrict_landlock`] takes them instead of opening the same paths
+/// again. Not regular files: /etc/ld.so.cache is replaced on updates while a child may
+/// wait, a directory or device node is not, so the rules are those of fresh opens.
+static OPENED_AHEAD: Mutex<Vec<(PathBuf, PathFd, bool)>> = Mutex::new(Vec::new());
+
+/// Open ahead those of `paths` that are directories or device nodes (see [`OPENED_AHEAD`]).
+pub(crate) fn open_ahead<'a>(paths: impl IntoIterator<Item = &'a Path>) {
+    let mut opened = OPENED_AHEAD.lock().unwrap_or_else(PoisonError::into_inner);
+    for p in paths {
+        if opened.iter().any(|(q, ..)| q == p) {
+            continue;
+        }
+        let Ok(fd) = PathFd::new(p) else { continue };
+        let Ok(st) = nix::sys::stat::fstat(&fd) else { continue };
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFDIR || kind == SFlag::S_IFCHR {
+            opened.push((p.to_path_buf(), fd, kind == SFlag::S_IFDIR));
+        }
+    }
+}
+
+/// Rules granting `access` beneath each of `paths` that exists, as landlock's
+/// `path_beneath_rules` builds them (a non-directory gets only the file rights), from the
+/// paths opened ahead where there are.
+fn beneath<'a>(
+    paths: impl IntoIterator<Item = &'a PathBuf>,
+    access: BitFlags<AccessFs>,
+    abi: ABI,
+) -> Vec<Result<PathBeneath<PathFd>, landlock::RulesetError>> {
+    let mut ahead = OPENED_AHEAD.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut take = |p: &Path| {
+        let i = ahead.iter().position(|(q, ..)| q == p)?;
+        let (_, fd, is_dir) = ahead.swap_remove(i);
+        Some((fd, is_dir))
+    };
+    let open = |p: &Path| {
+        let fd = PathFd::new(p).ok()?;
+        // As landlock's: if the stat fails, rely on the access asked for.
+        let is_dir = nix::sys::stat::fstat(&fd)
+            .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+            .unwrap_or(true);
+        Some((fd, is_dir))
+    };
+    let file_access = access & AccessFs::from_file(abi);
+    paths
+        .into_iter()
+        .filter_map(|p| take(p).or_else(|| open(p)))
+        .map(|(fd, is_dir)| Ok(PathBeneath::new(fd, if is_dir { access } else { file_access })))
+        .collect()
 }
 
 fn set_rlimits(l: &Rlimits, notes: &mut Vec<String>) -> bool {
@@ -145,7 +207,28 @@ fn set_rlimits(l: &Rlimits, notes: &mut Vec<String>) -> bool {
     all
 }
 
+/// What [`drop_own_capabilities`] achieved in this process, inherited by its forked
+/// children: capabilities can be dropped but never regained without an exec, so a child
+/// doing the same steps would reach the same state. It skips them (some fifty syscalls,
+/// most of a spawn's capability cost) and reports this outcome.
+static INHERITED_CAPABILITIES: OnceLock<Report> = OnceLock::new();
+
+/// Drop every capability this process can (the bounding set too, given CAP_SETPCAP), as
+/// [`apply`] does, and remember the outcome for the children it forks. For the spawner,
+/// which needs none: its children then start without any.
+pub(crate) fn drop_own_capabilities() {
+    let mut r = Report::default();
+    drop_capabilities(&mut r);
+    let _ = INHERITED_CAPABILITIES.set(r);
+}
+
 fn drop_capabilities(r: &mut Report) {
+    if let Some(done) = INHERITED_CAPABILITIES.get() {
+        r.capabilities_cleared = done.capabilities_cleared;
+        r.bounding_set_cleared = done.bounding_set_cleared;
+        r.notes.extend(done.notes.iter().cloned());
+        return;
+    }
     // The bounding set first: dropping from it needs CAP_SETPCAP, gone once effective is cleared.
     let mut bounding_cleared = false;
     if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
@@ -186,11 +269,12 @@ fn restrict_landlock(spec: &SandboxSpec, r: &mut Report) -> Result<(), SandboxEr
     }
     let rights = Rights::new(spec, abi);
     let exec_paths = spec.exec_paths.iter().flatten().cloned().chain(rights.loaders());
+    let exec_paths: Vec<_> = exec_paths.collect();
     let status = rs
         .create()
-        .and_then(|c| c.add_rules(path_beneath_rules(&spec.read_only, rights.read)))
-        .and_then(|c| c.add_rules(path_beneath_rules(exec_paths, AccessFs::from_read(abi))))
-        .and_then(|c| c.add_rules(path_beneath_rules(&spec.devices, rights.devices)))
+        .and_then(|c| c.add_rules(beneath(&spec.read_only, rights.read, abi)))
+        .and_then(|c| c.add_rules(beneath(&exec_paths, AccessFs::from_read(abi), abi)))
+        .and_then(|c| c.add_rules(beneath(&spec.devices, rights.devices, abi)))
         .and_then(|c| c.add_rule(PathBeneath::new(task_dir, rights.task_dir)))
         .and_then(|c| c.restrict_self())
         .map_err(ll)?;
@@ -229,7 +313,7 @@ impl Rights {
     }
 
     /// The loaders to make executable: only needed when execution is restricted.
-    fn loaders(&self) -> Vec<std::path::PathBuf> {
-        if self.exec_restricted { dynamic_loaders() } else { Vec::new() }
+    fn loaders(&self) -> Vec<PathBuf> {
+        if self.exec_restricted { dynamic_loaders_cached().to_vec() } else { Vec::new() }
     }
 }

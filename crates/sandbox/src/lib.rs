@@ -10,17 +10,26 @@
 //! signals or abstract unix sockets beyond the sandbox. Each step is best effort; the
 //! [`Report`] says what is in force and [`Required`] says what must be, or nothing is
 //! exec'd. With `--verify`, the wrapper execs the very file it checked ([`Verify`]).
+//!
+//! The [`Spawner`] (`machina-task-exec --serve`) does the same without the wrapper's
+//! exec: a small process the worker starts once forks each task, and the child applies
+//! the spec and execs the task (see the `spawner` module).
 
 mod apply;
 mod exec;
 mod loaders;
 mod preflight;
+mod spawner;
 mod verify;
 
 pub use apply::{Report, SandboxError, apply};
 pub use exec::{EXIT_EXEC_FAILED, EXIT_SANDBOX_REFUSED, EXIT_VERIFY_FAILED, WRAPPER_PREFIX, exec_main, exec_main_with};
 pub use loaders::{LOADER_DIRS, dynamic_loaders};
 pub use preflight::{Preflight, preflight};
+pub use spawner::{
+    ChildIo, LazySpawner, MAX_REQUEST_BYTES, RETRY_AFTER, START_TIMEOUT, SpawnError, SpawnRequest, SpawnedChild,
+    Spawner,
+};
 pub use verify::{Identity, Verify, VerifyError};
 
 use serde::{Deserialize, Serialize};

@@ -11,6 +11,7 @@
 //! readable programs itself, which gains nothing landlock does not already allow it.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Directories searched for loaders, each with its multiarch subdirectories (`*-linux-*`).
 pub const LOADER_DIRS: [&str; 8] =
@@ -30,6 +31,14 @@ pub fn dynamic_loaders() -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// [`dynamic_loaders`], scanned once per process: the library directories hold thousands
+/// of entries, and a spawner's children inherit the list instead of scanning before every
+/// exec. A loader is a path glibc keeps stable across upgrades.
+pub(crate) fn dynamic_loaders_cached() -> &'static [PathBuf] {
+    static LOADERS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    LOADERS.get_or_init(dynamic_loaders)
 }
 
 fn scan(dir: &Path, found: &mut Vec<PathBuf>) {

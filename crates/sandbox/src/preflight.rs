@@ -4,6 +4,7 @@
 use landlock::{ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, Scope};
 use serde::Serialize;
 use std::fmt;
+use std::sync::OnceLock;
 
 /// ABIs probed, newest first.
 const PROBED_ABIS: [ABI; 6] = [ABI::V6, ABI::V5, ABI::V4, ABI::V3, ABI::V2, ABI::V1];
@@ -65,8 +66,11 @@ pub fn preflight() -> Preflight {
 }
 
 /// The newest ABI whose every right the kernel supports (creating a ruleset, not enforcing it).
+/// Probed once per process: the kernel's answer cannot change, and a spawner's children
+/// inherit it instead of probing again before every exec.
 pub(crate) fn landlock_abi() -> ABI {
-    PROBED_ABIS.into_iter().find(|&abi| supports(abi)).unwrap_or(ABI::Unsupported)
+    static ABI: OnceLock<ABI> = OnceLock::new();
+    *ABI.get_or_init(|| PROBED_ABIS.into_iter().find(|&abi| supports(abi)).unwrap_or(ABI::Unsupported))
 }
 
 fn supports(abi: ABI) -> bool {

@@ -23,13 +23,14 @@ fn main() -> ExitCode {
         println!("skipped: landlock is not supported by this kernel");
         return ExitCode::SUCCESS;
     }
-    let cases: [(&str, Case); 6] = [
+    let cases: [(&str, Case); 7] = [
         ("default spec executes beneath read_only", default_spec_executes_system_tools),
         ("exec_paths limits execution to the listed files", exec_paths_limit_execution),
         ("a script runs pinned by descriptor, its interpreter listed", pinned_script_runs),
         ("the task dir is never executable with exec_paths", task_dir_not_executable),
         ("task_dir_writable=false leaves the task dir read-only", read_only_task_dir),
         ("--verify refuses swapped, modified and odd files", verify_refuses_other_files),
+        ("a pinned program starts with SIGPIPE at its default", pinned_program_gets_default_sigpipe),
     ];
     for (name, case) in cases {
         case(&Fixture::new());
@@ -206,4 +207,17 @@ fn verify_refuses_other_files(f: &Fixture) {
     refused(&wrap(&spec, Some(&sha), &[p]), "fifo");
     let o = wrap(&spec, Some(&sha), &[f.bin.join("missing").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(127), "{}", show(&o));
+}
+
+/// The Rust runtime ignores SIGPIPE, and an ignored signal stays ignored across exec: the
+/// wrapper must restore it before it execs the pinned file (std's exec does so for the rest).
+fn pinned_program_gets_default_sigpipe(f: &Fixture) {
+    let mut spec = f.spec();
+    spec.read_only.push("/proc".into());
+    let grep = Path::new("/bin/grep");
+    let o = wrap(&spec, Some(&sha256(grep)), &["/bin/grep", "^SigIgn", "/proc/self/status"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let ignored = out.trim().rsplit('\t').next().and_then(|m| u64::from_str_radix(m, 16).ok());
+    let sigpipe = 1 << (nix::sys::signal::Signal::SIGPIPE as u64 - 1);
+    assert_eq!(ignored.map(|m| m & sigpipe), Some(0), "{}", show(&o));
 }

@@ -2,31 +2,38 @@
 //! string), a cleared environment, its own directory and process group, a
 //! wall-clock timeout that kills the whole group, and capped output.
 //!
-//! The child is started with posix_spawn (no `pre_exec` hook), so spawning
-//! costs the same whatever the worker's size. Confinement that must happen in
-//! the child (new session, landlock, capabilities, rlimits) is applied by the
-//! small `machina-task-exec` wrapper placed in front of argv (machina-sandbox),
-//! which then execs the command under the same pid: that pid leads the task's
-//! session and process group, the group the worker kills.
+//! Confinement that must happen in the child (new session, landlock,
+//! capabilities, rlimits) is applied in a child of the worker's spawner
+//! (`machina-task-exec --serve`, machina-sandbox): a small process started once,
+//! which forks the task, confines the child and execs the command — no fork of
+//! the large worker, and no second exec. The spawner is the task's parent and
+//! reports its exit status. Without a spawner (it cannot be started, the request
+//! is too large for it), the worker posix_spawns the small `machina-task-exec`
+//! wrapper in front of argv instead, which confines itself and execs the command.
+//! Either way the task's pid leads its own session and process group, the group
+//! the worker kills.
 //!
 //! Each allowlisted file is pinned when the policy is built: its canonical path and its
-//! identity (device, inode, size, mtime, ctime). The wrapper gets `--verify stat:…`, opens
-//! the file, compares and execs that open file, so a binary replaced (by rename or in
-//! place) after the worker started is refused — restart the worker to accept an upgrade.
+//! identity (device, inode, size, mtime, ctime). The spawner's child (or the wrapper, with
+//! `--verify stat:…`) opens the file, compares and execs that open file, so a binary
+//! replaced (by rename or in place) after the worker started is refused — restart the
+//! worker to accept an upgrade.
 //! [`launch`] is the spawn/timeout/capture machinery the plugin tool shares.
 
 use machina_core::ErrCode;
 use machina_core::config::{SandboxSettings, ShellSettings};
 use machina_sandbox::{
-    EXIT_EXEC_FAILED, EXIT_SANDBOX_REFUSED, EXIT_VERIFY_FAILED, Identity, Required, Rlimits, SandboxSpec, Verify,
-    WRAPPER_PREFIX,
+    ChildIo, EXIT_EXEC_FAILED, EXIT_SANDBOX_REFUSED, EXIT_VERIFY_FAILED, Identity, LazySpawner, Required, Rlimits,
+    SandboxSpec, SpawnError, SpawnRequest, SpawnedChild, Verify, WRAPPER_PREFIX,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +61,9 @@ pub struct ShellPolicy {
     pub(crate) env_allow: Vec<String>,
     /// The sandboxing exec wrapper; None runs commands unconfined (refused when required).
     pub(crate) wrapper: Option<PathBuf>,
+    /// The wrapper's `--serve` mode, started on first use and shared by every clone of the
+    /// policy: one spawner per worker process. None: always the wrapper.
+    spawner: Option<Arc<LazySpawner>>,
     pub(crate) rlimits: Rlimits,
     required: bool,
     /// RLIMIT_AS of plugins that declare MEMORY.
@@ -110,6 +120,7 @@ impl ShellPolicy {
         Self {
             allowed,
             env_allow: s.env_allow.clone(),
+            spawner: wrapper.as_ref().map(|w| Arc::new(LazySpawner::new(w))),
             wrapper,
             rlimits: Rlimits::default(),
             required: false,
@@ -130,10 +141,25 @@ impl ShellPolicy {
         self
     }
 
-    /// Use this wrapper (None: run commands unconfined).
+    /// Use this wrapper (None: run commands unconfined), and its spawner.
     pub fn with_wrapper(mut self, wrapper: Option<PathBuf>) -> Self {
+        self.spawner = wrapper.as_ref().map(|w| Arc::new(LazySpawner::new(w)));
         self.wrapper = wrapper;
         self
+    }
+
+    /// Start tasks through the wrapper's spawner (the default) or always through the wrapper.
+    pub fn with_spawner(mut self, enabled: bool) -> Self {
+        self.spawner = self.wrapper.as_ref().filter(|_| enabled).map(|w| Arc::new(LazySpawner::new(w)));
+        self
+    }
+
+    /// The pid of the spawner tasks start through, once one is running.
+    pub async fn spawner_pid(&self) -> Option<u32> {
+        match &self.spawner {
+            Some(s) => s.pid().await,
+            None => None,
+        }
     }
 
     /// Address-space limit of plugins that declare MEMORY (default [`DEFAULT_PLUGIN_MEMORY_BYTES`]).
@@ -306,54 +332,22 @@ pub(crate) async fn launch(
     cancel: CancellationToken,
 ) -> ShellOutcome {
     let wrapped = matches!(l.confinement, Confinement::Wrapped { .. });
-    let mut cmd = match l.confinement {
-        // The wrapper calls setsid itself: it must not already lead a group.
-        Confinement::Wrapped { wrapper, spec, verify } => {
-            let spec = match serde_json::to_string(&spec) {
-                Ok(s) => s,
-                Err(e) => return ShellOutcome::refused(ErrCode::BootFail, format!("sandbox spec: {e}")),
-            };
-            let mut c = tokio::process::Command::new(wrapper);
-            c.arg("--spec-json").arg(spec).arg("--verify").arg(verify.to_string());
-            c.arg("--arg0").arg(l.arg0).arg("--").arg(l.exe);
-            c
-        }
-        Confinement::Unconfined => {
-            let mut c = tokio::process::Command::new(l.exe);
-            c.arg0(l.arg0).process_group(0);
-            c
-        }
-    };
-    cmd.args(l.args)
-        .env_clear()
-        .env("PATH", TASK_PATH)
-        .env("HOME", dir)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for k in &policy.env_allow {
-        if let Ok(v) = std::env::var(k) {
-            cmd.env(k, v);
-        }
-    }
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
     let started = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return ShellOutcome::refused(ErrCode::BootFail, format!("cannot start {}: {e}", l.exe.display())),
+    let mut task = match start(policy, l, dir, task_env(policy, dir, extra_env)).await {
+        Ok(t) => t,
+        Err(refused) => return refused,
     };
-    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let pgid = task.pid();
     let deadline = tokio::time::Instant::from_std(started + limits.timeout);
     let stop_reading = CancellationToken::new();
-    let out = tokio::spawn(read_capped(child.stdout.take(), limits.output_cap, stop_reading.clone()));
-    let err = tokio::spawn(read_capped(child.stderr.take(), limits.output_cap, stop_reading.clone()));
+    let (stdout, stderr) = task.take_output();
+    let out = tokio::spawn(read_capped(stdout, limits.output_cap, stop_reading.clone()));
+    let err = tokio::spawn(read_capped(stderr, limits.output_cap, stop_reading.clone()));
     let mut err_code = None;
+    // The spawner died and took the exit status with it.
+    let mut lost = None;
     let status = tokio::select! {
-        s = child.wait() => s.ok(),
+        s = task.wait() => s.unwrap_or_else(|e| { lost = Some(e); None }),
         _ = tokio::time::sleep_until(deadline) => { err_code = Some(ErrCode::Timeout); None }
         _ = cancel.cancelled() => { err_code = Some(ErrCode::Canceled); None }
     };
@@ -364,11 +358,15 @@ pub(crate) async fn launch(
     }
     let status = match status {
         Some(s) => Some(s),
+        None if lost.is_some() => None,
         None => {
-            // The wrapper may not have made its group yet: kill it by pid, then the group
+            // The task may not have made its group yet: kill it by pid, then the group
             // again once it is gone, in case it formed in between.
-            let _ = child.start_kill();
-            let s = child.wait().await.ok();
+            task.start_kill();
+            let s = task.wait().await.unwrap_or_else(|e| {
+                lost = Some(e);
+                None
+            });
             if let Some(pg) = pgid {
                 let _ = killpg(pg, Signal::SIGKILL);
             }
@@ -391,11 +389,141 @@ pub(crate) async fn launch(
             b"\n[machina: stopped reading output: a process that left the task's process group still held it open]\n",
         );
     }
+    if let Some(e) = lost {
+        tracing::error!(error = %e, kind = e.kind(), "a task's exit status was lost with its spawner; its group was killed");
+        stderr.extend_from_slice(
+            format!("\n[machina: {e}; the task was killed, its exit status is unknown]\n").as_bytes(),
+        );
+        err_code = err_code.or(Some(ErrCode::BootFail));
+    }
     let exit_status = status.map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
     if err_code.is_none() && exit_status != Some(0) {
         err_code = Some(wrapper_error(wrapped, exit_status, &stderr).unwrap_or(ErrCode::CmdNonzero));
     }
     ShellOutcome { err_code, exit_status, stdout, stderr, wall_ms: started.elapsed().as_millis() as i64 }
+}
+
+/// The task's whole environment: PATH, HOME, the policy's pass-through variables as the
+/// worker has them, then `extra_env` (a later entry replaces an earlier one), ordered by
+/// name as std's `Command` orders it — so both ways of starting a task give the same.
+fn task_env(policy: &ShellPolicy, dir: &Path, extra_env: &[(&str, String)]) -> BTreeMap<OsString, OsString> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".into(), TASK_PATH.into());
+    env.insert("HOME".into(), dir.as_os_str().to_owned());
+    for k in &policy.env_allow {
+        if let Ok(v) = std::env::var(k) {
+            env.insert(k.into(), v.into());
+        }
+    }
+    for (k, v) in extra_env {
+        env.insert((*k).into(), v.into());
+    }
+    env
+}
+
+/// Start the process: confined through the spawner if there is one that takes the
+/// request, else through the wrapper; or unconfined. Err: the outcome of a refusal.
+async fn start(
+    policy: &ShellPolicy,
+    l: Launch<'_>,
+    dir: &Path,
+    env: BTreeMap<OsString, OsString>,
+) -> Result<Task, ShellOutcome> {
+    let Launch { exe, arg0, args, confinement } = l;
+    let cannot = |e: &dyn std::fmt::Display| {
+        ShellOutcome::refused(ErrCode::BootFail, format!("cannot start {}: {e}", exe.display()))
+    };
+    let mut cmd = match confinement {
+        Confinement::Wrapped { wrapper, spec, verify } => {
+            if let Some(lazy) = &policy.spawner
+                && let Some(spawner) = lazy.get().await
+            {
+                let mut req = SpawnRequest::new((*spec).clone(), exe);
+                req.verify = Some(verify.clone());
+                req.arg0 = Some(arg0.into());
+                req.args = args.iter().map(OsString::from).collect();
+                req.env = env.clone().into_iter().collect();
+                req.cwd = dir.to_path_buf();
+                (req.stdout, req.stderr) = (ChildIo::Piped, ChildIo::Piped);
+                match spawner.spawn(req).await {
+                    Ok(child) => return Ok(Task::Spawned(child)),
+                    Err(e) if e.use_wrapper() => {
+                        tracing::debug!(kind = e.kind(), "{e}; starting the task through the wrapper")
+                    }
+                    Err(e) => return Err(cannot(&e)),
+                }
+            }
+            // The wrapper calls setsid itself: it must not already lead a group.
+            let spec = serde_json::to_string(&spec).map_err(|e| cannot(&format!("sandbox spec: {e}")))?;
+            let mut c = tokio::process::Command::new(wrapper);
+            c.arg("--spec-json").arg(spec).arg("--verify").arg(verify.to_string());
+            c.arg("--arg0").arg(arg0).arg("--").arg(exe);
+            c
+        }
+        Confinement::Unconfined => {
+            let mut c = tokio::process::Command::new(exe);
+            c.arg0(arg0).process_group(0);
+            c
+        }
+    };
+    cmd.args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().map(Task::Child).map_err(|e| cannot(&e))
+}
+
+/// A started task's process.
+enum Task {
+    /// Forked by the spawner, which reports its exit.
+    Spawned(SpawnedChild),
+    /// posix_spawn'ed by the worker: the wrapper, or the command unconfined.
+    Child(tokio::process::Child),
+}
+
+/// One of the task's output streams.
+type Output = Box<dyn AsyncRead + Unpin + Send>;
+
+impl Task {
+    /// Its pid, which leads its process group once it is confined.
+    fn pid(&self) -> Option<Pid> {
+        let id = match self {
+            Self::Spawned(c) => Some(c.id()),
+            Self::Child(c) => c.id(),
+        };
+        id.map(|id| Pid::from_raw(id as i32))
+    }
+
+    fn take_output(&mut self) -> (Option<Output>, Option<Output>) {
+        match self {
+            Self::Spawned(c) => {
+                (c.stdout.take().map(|o| Box::new(o) as Output), c.stderr.take().map(|e| Box::new(e) as Output))
+            }
+            Self::Child(c) => {
+                (c.stdout.take().map(|o| Box::new(o) as Output), c.stderr.take().map(|e| Box::new(e) as Output))
+            }
+        }
+    }
+
+    /// The exit status (None if the worker's own wait failed); Err if the spawner died and
+    /// the status with it. Cancel-safe.
+    async fn wait(&mut self) -> Result<Option<ExitStatus>, SpawnError> {
+        match self {
+            Self::Spawned(c) => c.wait().await.map(Some),
+            Self::Child(c) => Ok(c.wait().await.ok()),
+        }
+    }
+
+    fn start_kill(&mut self) {
+        let _ = match self {
+            Self::Spawned(c) => c.start_kill().map_err(|e| e.to_string()),
+            Self::Child(c) => c.start_kill().map_err(|e| e.to_string()),
+        };
+    }
 }
 
 /// The wrapper's own failure, if it was one: the program was not the pinned file
@@ -662,6 +790,91 @@ mod tests {
         assert_eq!(wrapper_error(true, Some(124), b"timeout: the command's own 124"), None);
         assert_eq!(wrapper_error(false, Some(124), &says("not the wrapper")), None);
         assert_eq!(wrapper_error(true, Some(1), &says("a task imitating it")), None);
+    }
+
+    /// Skips (returns None) without a built wrapper; fails if the one built has no spawner.
+    async fn spawner_policy(allow: &[&str]) -> Option<ShellPolicy> {
+        if locate_wrapper().is_none() {
+            eprintln!("skipped: machina-task-exec not built (cargo build --bin machina-task-exec)");
+            return None;
+        }
+        let p = policy(allow);
+        let dir = tempfile::tempdir().unwrap();
+        let a = argv(&[allow[0], "--version"]);
+        run(&p, &a, dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
+        assert!(p.spawner_pid().await.is_some(), "no spawner: rebuild machina-task-exec (it needs --serve)");
+        Some(p)
+    }
+
+    #[tokio::test]
+    async fn the_spawner_and_the_wrapper_start_the_same_task() {
+        let Some(p) = spawner_policy(&["/usr/bin/env", "/usr/bin/id"]).await else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("MACHINA_TASK_KEY", "k1".to_string()), ("PATH", "/override".to_string())];
+        let wrapper = p.clone().with_spawner(false);
+        let mut outcomes = Vec::new();
+        for (what, p) in [("spawner", &p), ("wrapper", &wrapper)] {
+            let mut outs = Vec::new();
+            for a in [&["/usr/bin/env"][..], &["/usr/bin/id", "-u"][..]] {
+                let o = run(p, &argv(a), dir.path(), &env, &limits(5000, 4096), CancellationToken::new()).await;
+                assert_eq!(o.err_code, None, "{what} {a:?}: {}", String::from_utf8_lossy(&o.stderr));
+                outs.push(String::from_utf8(o.stdout).unwrap());
+            }
+            outcomes.push(outs);
+        }
+        assert_eq!(outcomes[0], outcomes[1], "the same environment, in the same order, and the same process");
+        let expected = format!("HOME={}\nMACHINA_TASK_KEY=k1\nPATH=/override\n", dir.path().display());
+        assert_eq!(outcomes[0][0], expected, "exactly these, by name; extra_env overrides PATH");
+        assert!(wrapper.spawner_pid().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_spawner_dying_under_a_task_is_reported_and_replaced() {
+        let Some(p) = spawner_policy(&["/usr/bin/sleep", "/usr/bin/true"]).await else { return };
+        let spawner = p.spawner_pid().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let running = {
+            let (p, dir) = (p.clone(), dir.path().to_path_buf());
+            tokio::spawn(async move {
+                let a = argv(&["/usr/bin/sleep", "30"]);
+                run(&p, &a, &dir, &[], &limits(20_000, 64), CancellationToken::new()).await
+            })
+        };
+        let sleep = loop {
+            if let Some(pid) = child_named(spawner, "sleep") {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        nix::sys::signal::kill(Pid::from_raw(spawner as i32), Signal::SIGKILL).unwrap();
+        let o = running.await.unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!((o.err_code, o.exit_status), (Some(ErrCode::BootFail), None), "{err}");
+        assert!(err.contains("the spawner died") && o.wall_ms < 10_000, "{err}");
+        // Its group was killed: the orphan is gone (or a zombie of whoever adopted it).
+        let state = std::fs::read_to_string(format!("/proc/{sleep}/stat")).unwrap_or_default();
+        let gone = || std::fs::read_to_string(format!("/proc/{sleep}/stat")).map_or(true, |s| s.contains(") Z"));
+        for _ in 0..500 {
+            if gone() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone(), "the orphaned task still runs: {state}");
+        let o = run(&p, &argv(&["/usr/bin/true"]), dir.path(), &[], &limits(5000, 64), CancellationToken::new()).await;
+        assert_eq!(o.err_code, None, "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(p.spawner_pid().await.is_some_and(|new| new != spawner), "a new spawner runs the next task");
+    }
+
+    /// A child of `parent` running `comm`, from /proc.
+    fn child_named(parent: u32, comm: &str) -> Option<u32> {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent && name == comm).then_some(pid)
+        })
     }
 
     #[tokio::test]

@@ -308,7 +308,6 @@ fn from_reqwest(err: reqwest::Error) -> HttpError {
     if err.is_timeout() { HttpError::Timeout(chain(&err)) } else { HttpError::Net(chain(&err)) }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
