@@ -6,6 +6,10 @@
 //! wrapper, and through the wrapper's spawner (`--serve`, the worker's default). Prints
 //! `attack-suite allowlist: N tried, N blocked` and `attack-suite allowlist-spawner: …`.
 
+mod common;
+
+use common::tally::Tally;
+
 use machina_core::ErrCode;
 use machina_core::config::ShellSettings;
 use machina_worker::shell::{RunLimits, ShellOutcome, ShellPolicy, run};
@@ -84,26 +88,6 @@ fn denied_by_wrapper(o: &ShellOutcome) -> bool {
     denied(o) && err.starts_with("machina-task-exec: ") && err.contains("is not the pinned file")
 }
 
-#[derive(Default)]
-struct Tally {
-    tried: u32,
-    blocked: u32,
-    escaped: Vec<String>,
-}
-
-impl Tally {
-    fn attack(&mut self, name: &str, blocked: bool, evidence: impl std::fmt::Display) {
-        self.tried += 1;
-        if blocked {
-            self.blocked += 1;
-            println!("blocked: {name}");
-        } else {
-            println!("ESCAPED: {name}: {evidence}");
-            self.escaped.push(format!("{name}: {evidence}"));
-        }
-    }
-}
-
 #[tokio::test]
 async fn controls_allowed_binaries_run() {
     for via in [Via::Wrapper, Via::Spawner] {
@@ -140,8 +124,7 @@ async fn suite(via: Via, name: &str) {
     let mut t = Tally::default();
     name_attacks(&f, via, &mut t).await;
     replacement_attacks(&f, via, &mut t).await;
-    println!("attack-suite {name}: {} tried, {} blocked", t.tried, t.blocked);
-    assert!(t.escaped.is_empty(), "attacks that got through: {:#?}", t.escaped);
+    t.finish(name);
 }
 
 async fn name_attacks(f: &Fixture, via: Via, t: &mut Tally) {

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::tally::Tally;
+
 use common::{Machina, TOKEN};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -24,26 +26,6 @@ tool = "shell"
 argv = ["/usr/bin/true", "{{input.nonce}}"]
 lease = "{{input.lease}}"
 "#;
-
-#[derive(Default)]
-struct Tally {
-    tried: u32,
-    blocked: u32,
-    escaped: Vec<String>,
-}
-
-impl Tally {
-    fn attack(&mut self, name: &str, blocked: bool, evidence: impl std::fmt::Display) {
-        self.tried += 1;
-        if blocked {
-            self.blocked += 1;
-            println!("blocked: {name}");
-        } else {
-            println!("ESCAPED: {name}: {evidence}");
-            self.escaped.push(format!("{name}: {evidence}"));
-        }
-    }
-}
 
 fn start() -> Machina {
     let mut m = Machina::new("[leases]\nfree_tier = 1\ntiers = { shell = 2 }\n[worker]\npoll_ms = 50\n");
@@ -136,7 +118,6 @@ fn attack_suite() {
         m.sql_i64(&format!("SELECT count(*) FROM permission_leases WHERE token_sha256 = '{good}' OR id = '{good}'"));
     t.attack("token readable from the ledger", leaked == 0, format!("{leaked} rows hold the raw token"));
 
-    println!("attack-suite leases: {} tried, {} blocked", t.tried, t.blocked);
-    assert!(t.escaped.is_empty(), "attacks not blocked: {:#?}", t.escaped);
+    t.finish("leases");
     assert_eq!(t.tried, 9);
 }

@@ -7,6 +7,10 @@
 //! wrapper, and through the wrapper's spawner (`--serve`, the worker's default). Prints
 //! `attack-suite plugins: N tried, N blocked` and `attack-suite plugins-spawner: …`.
 
+mod common;
+
+use common::tally::Tally;
+
 use machina_core::ErrCode;
 use machina_core::config::{SandboxSettings, ShellSettings};
 use machina_sandbox::{dynamic_loaders, preflight};
@@ -142,26 +146,6 @@ fn out(o: &ShellOutcome) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-#[derive(Default)]
-struct Tally {
-    tried: u32,
-    blocked: u32,
-    escaped: Vec<String>,
-}
-
-impl Tally {
-    fn attack(&mut self, name: &str, blocked: bool, evidence: impl std::fmt::Display) {
-        self.tried += 1;
-        if blocked {
-            self.blocked += 1;
-            println!("blocked: {name}");
-        } else {
-            println!("ESCAPED: {name}: {evidence}");
-            self.escaped.push(format!("{name}: {evidence}"));
-        }
-    }
-}
-
 #[tokio::test]
 async fn controls_good_plugins_run() {
     for via in [Via::Wrapper, Via::Spawner] {
@@ -215,8 +199,7 @@ async fn suite(via: Via, name: &str) {
         o.err_code == Some(ErrCode::BootFail) && o.stdout.is_empty(),
         show(&o),
     );
-    println!("attack-suite {name}: {} tried, {} blocked", t.tried, t.blocked);
-    assert!(t.escaped.is_empty(), "attacks that got through: {:#?}", t.escaped);
+    t.finish(name);
 }
 
 fn refused_as(c: &PluginCatalog, name: &str, kind: &str) -> bool {

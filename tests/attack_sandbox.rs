@@ -6,6 +6,10 @@
 //! (`--serve`: a child forked per command confines itself and execs), with the same spec.
 //! Prints `attack-suite sandbox: N tried, N blocked` and `attack-suite sandbox-spawner: …`.
 
+mod common;
+
+use common::tally::Tally;
+
 use machina_sandbox::{ChildIo, Rlimits, SandboxSpec, SpawnRequest, Spawner, preflight};
 use std::io::ErrorKind;
 use std::net::TcpListener;
@@ -43,26 +47,6 @@ impl Fixture {
 
     fn spec(&self) -> SandboxSpec {
         SandboxSpec::new(&self.task)
-    }
-}
-
-#[derive(Default)]
-struct Tally {
-    tried: u32,
-    blocked: u32,
-    escaped: Vec<String>,
-}
-
-impl Tally {
-    fn attack(&mut self, name: &str, blocked: bool, evidence: impl std::fmt::Display) {
-        self.tried += 1;
-        if blocked {
-            self.blocked += 1;
-            println!("blocked: {name}");
-        } else {
-            println!("ESCAPED: {name}: {evidence}");
-            self.escaped.push(format!("{name}: {evidence}"));
-        }
     }
 }
 
@@ -210,8 +194,7 @@ fn suite(r: &Runner, name: &str) {
     rlimit_attacks(r, &f, &mut t);
     capability_attacks(r, &f, &mut t);
     fork_bomb(matches!(r, Runner::Spawner { .. }), &mut t);
-    println!("attack-suite {name}: {} tried, {} blocked", t.tried, t.blocked);
-    assert!(t.escaped.is_empty(), "attacks that got through: {:#?}", t.escaped);
+    t.finish(name);
 }
 
 fn filesystem_attacks(r: &Runner, f: &Fixture, t: &mut Tally) {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dbus;
+pub mod tally;
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
