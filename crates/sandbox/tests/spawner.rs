@@ -311,6 +311,12 @@ async fn crash(f: &Fixture) {
     assert_eq!(lazy.pid().await, Some(sp.pid()));
     let mut running = sp.spawn(f.request(&["/bin/sleep", "30"])).await.unwrap();
     let cpid = running.id() as i32;
+    // The pid is reported at hand-off, before the exec: a spawner killed in between takes
+    // the not-yet-exec'd child with it. Wait until the task really runs.
+    wait_until("the task has exec'd", || {
+        std::fs::read_to_string(format!("/proc/{cpid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    })
+    .await;
     kill(Pid::from_raw(sp.pid() as i32), Signal::SIGKILL).unwrap();
     let e = running.wait().await.unwrap_err();
     assert_eq!(e.kind(), "spawner_lost", "{e}");
