@@ -56,6 +56,8 @@ PATHS = [
     ("/etc/machina/api-token", REG, "machina_cred_t"),
     ("/run/credentials/machina-api.service", DIR, "machina_cred_t"),
     ("/run/credentials/machina-api.service/api-token", REG, "machina_cred_t"),
+    ("/etc/machina/credentials/machina-judge", REG, "machina_judge_cred_t"),
+    ("/run/credentials/machina-worker@1.service/machina-judge", REG, "machina_judge_cred_t"),
     ("/var/lib/machina", DIR, "machina_var_lib_t"),
     ("/var/lib/machina/ledger.db", REG, "machina_var_lib_t"),
     ("/var/lib/machina/ledger.db-wal", REG, "machina_var_lib_t"),
@@ -128,6 +130,13 @@ ALLOW = [
     ("machina_task_t", "lib_t", "file", {"map"}),
     ("machina_task_t", "null_device_t", "chr_file", {"read", "write"}),
     ("machina_task_t", "machina_var_lib_t", "dir", {"search"}),
+    # the task spawner: the worker's socketpair end, forking and reaping tasks
+    ("machina_task_t", "machina_worker_t", "unix_stream_socket", {"read", "write"}),
+    ("machina_task_t", "self", "process", {"fork", "sigkill", "sigchld"}),
+    # http tool and LLM providers: outbound TCP, DNS, TLS roots; judge credentials
+    ("machina_worker_t", "self", "tcp_socket", {"create", "connect"}),
+    ("machina_worker_t", "http_port_t", "tcp_socket", {"name_connect"}),
+    ("machina_worker_t", "machina_judge_cred_t", "file", {"read", "open"}),
     # snapshot: btrfs ioctls on the state dirs, statfs
     ("machina_snapshot_t", "machina_var_lib_t", "dir", {"ioctl", "create"}),
     ("machina_snapshot_t", "machina_task_data_t", "file", {"read"}),
@@ -139,6 +148,8 @@ ALLOW = [
 DENY = [
     ("machina_task_t", "machina_var_lib_t", "file", {"read", "write", "open"}),
     ("machina_task_t", "machina_cred_t", "file", {"read", "open"}),
+    ("machina_task_t", "machina_judge_cred_t", "file", {"read", "open"}),
+    ("machina_api_t", "machina_judge_cred_t", "file", {"read", "open"}),
     ("machina_task_t", "machina_conf_t", "file", {"read", "open"}),
     ("machina_task_t", "machina_runtime_t", "sock_file", {"write"}),
     ("machina_task_t", "system_dbusd_t", "dbus", {"send_msg"}),
