@@ -87,6 +87,8 @@ impl Worker {
         // A restarted worker's old leases are certainly stale: reclaim them now, not at expiry.
         let n = self.ledger.reclaim(Some(&self.id)).await?;
         announce::reclaimed(&self.id, n, true);
+        // The task spawner is started before the first task, so it costs that task nothing.
+        self.tools.shell().start_spawner().await;
         let tracker = TaskTracker::new();
         // Check-in and the signal listener outlive the slots by a moment: stopped once they drain.
         let background = CancellationToken::new();

@@ -154,6 +154,14 @@ impl ShellPolicy {
         self
     }
 
+    /// Start the spawner now rather than on the first task (a failure is logged once, and
+    /// tasks then start through the wrapper).
+    pub async fn start_spawner(&self) {
+        if let Some(s) = &self.spawner {
+            let _ = s.get().await;
+        }
+    }
+
     /// The pid of the spawner tasks start through, once one is running.
     pub async fn spawner_pid(&self) -> Option<u32> {
         match &self.spawner {
