@@ -256,7 +256,7 @@ impl Spawner {
                 return Err(gave_up(server, unavailable("answered", &e)).await);
             }
             None => {
-                let e = format!("{} (older than --serve? its stderr is in this process's log)", ended(server).await);
+                let e = format!("{} (older than --serve? its stderr is in this process's log)", ended(server).await.0);
                 return Err(unavailable("exited before it was ready", &e));
             }
         };
@@ -327,14 +327,16 @@ async fn gave_up(mut server: tokio::process::Child, e: SpawnError) -> SpawnError
 
 /// How a spawner whose socket is gone ended: it exits by itself then (killing and reaping
 /// its children first), or is killed after [`EXIT_GRACE`].
-async fn ended(mut server: tokio::process::Child) -> String {
+/// How the spawner ended, and whether it was a clean exit (status 0: it was told to stop,
+/// by SIGTERM or by the worker closing its socket, and stopped its tasks itself).
+async fn ended(mut server: tokio::process::Child) -> (String, bool) {
     match tokio::time::timeout(EXIT_GRACE, server.wait()).await {
-        Ok(Ok(s)) => s.to_string(),
-        Ok(Err(e)) => format!("exit status unknown: {e}"),
+        Ok(Ok(s)) => (s.to_string(), s.success()),
+        Ok(Err(e)) => (format!("exit status unknown: {e}"), false),
         Err(_) => {
             let _ = server.start_kill();
             let _ = server.wait().await;
-            format!("killed: still running {EXIT_GRACE:?} after its socket closed")
+            (format!("killed: still running {EXIT_GRACE:?} after its socket closed"), false)
         }
     }
 }
@@ -374,7 +376,13 @@ async fn read_replies(shared: Arc<Shared>, server: tokio::process::Child) {
     let lost = shared.fail(why.clone());
     // Make sure it goes (on EOF it kills and reaps its children itself), and say how.
     let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(shared.sock.get_ref()), Shutdown::Both);
-    let how = ended(server).await;
+    let (how, clean) = ended(server).await;
+    if clean && lost == 0 {
+        // A clean stop with nothing running: the worker is shutting down (or the spawner
+        // was told to stop); not worth an operator's attention.
+        tracing::info!(spawner_pid = shared.pid, "machina-task-exec spawner stopped: {why} ({how})");
+        return;
+    }
     tracing::error!(
         spawner_pid = shared.pid,
         lost_tasks = lost,
