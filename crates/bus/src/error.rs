@@ -52,6 +52,23 @@ impl BusError {
         }
     }
 
+    /// The service's message (None for a transport error, which has its own wording).
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Self::ZBus(_) => None,
+            Self::InvalidInput(m)
+            | Self::PolicyViolation(m)
+            | Self::AccessDenied(m)
+            | Self::NotFound(m)
+            | Self::IllegalState(m)
+            | Self::RetryDrift(m)
+            | Self::Conflict(m)
+            | Self::Unavailable(m)
+            | Self::Integrity(m)
+            | Self::Internal(m) => Some(m),
+        }
+    }
+
     /// The short name after the prefix (`IllegalState`), for exit codes and messages.
     pub fn short_name(&self) -> &'static str {
         match self {

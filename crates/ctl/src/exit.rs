@@ -53,19 +53,7 @@ impl From<BusError> for CtlError {
             BusError::Integrity(_) | BusError::Internal(_) => FAILED,
             BusError::ZBus(z) => return transport(z),
         };
-        let message = match &e {
-            BusError::ZBus(_) => unreachable!("handled above"),
-            BusError::InvalidInput(m)
-            | BusError::PolicyViolation(m)
-            | BusError::AccessDenied(m)
-            | BusError::NotFound(m)
-            | BusError::IllegalState(m)
-            | BusError::RetryDrift(m)
-            | BusError::Conflict(m)
-            | BusError::Unavailable(m)
-            | BusError::Integrity(m)
-            | BusError::Internal(m) => format!("{}: {m}", e.short_name()),
-        };
+        let message = format!("{}: {}", e.short_name(), e.message().unwrap_or_default());
         Self::new(status, message)
     }
 }

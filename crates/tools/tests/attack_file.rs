@@ -5,6 +5,11 @@
 //! same operations work where they are allowed, so "blocked" is not just a broken tool.
 //! Prints `attack-suite file: N tried, N blocked`.
 
+#[path = "../../../tests/common/tally.rs"]
+mod tally;
+
+use tally::Tally;
+
 use machina_tools::file::{FileError, FileOp, FileOutcome, FilePolicy, FileRoot, perform};
 use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
@@ -98,25 +103,7 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-#[derive(Default)]
-struct Tally {
-    tried: u32,
-    blocked: u32,
-    escaped: Vec<String>,
-}
-
 impl Tally {
-    fn attack(&mut self, name: &str, blocked: bool, evidence: impl std::fmt::Display) {
-        self.tried += 1;
-        if blocked {
-            self.blocked += 1;
-            println!("blocked: {name}");
-        } else {
-            println!("ESCAPED: {name}: {evidence}");
-            self.escaped.push(format!("{name}: {evidence}"));
-        }
-    }
-
     /// The common shape: `op` must be refused with an error, promptly, and the whole
     /// fixture tree (and the leak targets) must be unchanged.
     fn refused(&mut self, f: &Fixture, name: &str, op: FileOp) {
@@ -161,8 +148,7 @@ fn attack_suite_file() {
     special_file_attacks(&f, &mut t);
     policy_attacks(&f, &mut t);
     root_prefix_attacks(&f, &mut t);
-    println!("attack-suite file: {} tried, {} blocked", t.tried, t.blocked);
-    assert!(t.escaped.is_empty(), "attacks that got through: {:#?}", t.escaped);
+    t.finish("file");
     assert_eq!(std::fs::read_to_string(&f.ledger).unwrap(), LEDGER_SECRET);
 }
 

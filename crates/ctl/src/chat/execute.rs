@@ -41,19 +41,9 @@ impl Refusal {
 
 impl From<BusError> for Refusal {
     fn from(e: BusError) -> Self {
-        let kind = e.short_name().to_string();
         match e {
             BusError::ZBus(z) => transport(z),
-            BusError::InvalidInput(m)
-            | BusError::PolicyViolation(m)
-            | BusError::AccessDenied(m)
-            | BusError::NotFound(m)
-            | BusError::IllegalState(m)
-            | BusError::RetryDrift(m)
-            | BusError::Conflict(m)
-            | BusError::Unavailable(m)
-            | BusError::Integrity(m)
-            | BusError::Internal(m) => Self { kind, message: m },
+            e => Self { kind: e.short_name().to_string(), message: e.message().unwrap_or_default().to_string() },
         }
     }
 }
