@@ -185,7 +185,7 @@ pub async fn serve_all(listeners: Vec<Listener>, state: AppState, shutdown: Canc
             }
         }));
     }
-    tracker.spawn(supervise(state, shutdown.clone()));
+    let supervisor = tracker.spawn(supervise(state, shutdown.clone()));
     tracker.close();
     let mut result = Ok(());
     for s in servers {
@@ -196,6 +196,7 @@ pub async fn serve_all(listeners: Vec<Listener>, state: AppState, shutdown: Canc
     }
     shutdown.cancel();
     tracker.wait().await;
+    supervisor.await.context("supervisor task failed")??;
     result
 }
 
@@ -209,15 +210,22 @@ pub async fn serve(
 }
 
 /// Once a second: refresh STATUS=, pet the watchdog if the ledger answers, and start the
-/// idle exit when nothing has been in flight for `api.idle_exit_secs`.
-async fn supervise(state: AppState, shutdown: CancellationToken) {
+/// idle exit when nothing has been in flight for `api.idle_exit_secs`. Stops the service
+/// with an error when the ledger is poisoned (the disk refused a sync): only a restart
+/// brings back a ledger that knows what is on disk.
+async fn supervise(state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     let idle_limit = Duration::from_secs(state.settings.api.idle_exit_secs);
     let watchdog = machina_daemon::notify::watchdog_interval();
     let mut tick = tokio::time::interval(watchdog.map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY)));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        if let Some(e) = state.ledger.poisoned() {
+            machina_daemon::notify::status("the ledger's disk refused a write: stopping");
+            shutdown.cancel();
+            return Err(anyhow::Error::from(e).context("the ledger can take no more writes"));
         }
         let idle = state.activity.idle_for();
         if !idle_limit.is_zero() && idle >= idle_limit {
@@ -231,7 +239,7 @@ async fn supervise(state: AppState, shutdown: CancellationToken) {
                 tracing::warn!("cannot release {}: {e}", machina_bus::BUS_NAME);
             }
             shutdown.cancel();
-            return;
+            return Ok(());
         }
         machina_daemon::notify::status(&format!(
             "{} request(s) in flight, {} served, idle {} s",

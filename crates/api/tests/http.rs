@@ -270,5 +270,5 @@ async fn cancel_stops_a_waiting_run_and_metrics_count_it() {
     assert!(metrics.contains("machina_duplicate_receipts 0"), "{metrics}");
     let (_, health) = s.send(s.http.get(s.url("/health"))).await;
     assert_eq!(health["ledger"]["journal_mode"], "wal");
-    assert_eq!(health["ledger"]["synchronous"], 2);
+    assert_eq!(health["ledger"]["durable_commits"], true);
 }

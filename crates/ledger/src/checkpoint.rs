@@ -3,48 +3,132 @@
 //!
 //! Every process that writes runs one; PASSIVE checkpoints never block writers or
 //! readers, and two processes checkpointing at once simply take turns.
+//!
+//! Keeping the WAL short matters for more than disk space. SQLite starts the WAL over
+//! (overwriting its first frames) only when a write transaction begins with every frame
+//! already copied. Under a steady stream of commits a checkpoint on another connection
+//! never catches up with the last frame, so the WAL would grow for as long as the load
+//! lasts, and every commit would extend the file: each `fdatasync` would then also journal
+//! the new size, about twice its cost. So once the WAL (its length comes from the WAL hook)
+//! passes [`WAKE_FRAMES`], the writer wakes the checkpointer, which copies nearly everything
+//! without blocking anyone; and between two batches the writer copies the few frames
+//! committed meanwhile itself ([`WalLink::finish`]), after which its next transaction starts
+//! the WAL over.
 
 use rusqlite::Connection;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How often the checkpointer looks at the WAL.
+/// How often the checkpointer looks at the WAL when nobody wakes it.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 250;
+/// WAL frames (4 KiB pages) above which the writer has the WAL copied and started over (8 MiB).
+pub const WAKE_FRAMES: i64 = 2048;
+/// Frames not yet copied under which the writer finishes a checkpoint itself (2 MiB):
+/// a short pause between batches, rather than a WAL that never starts over.
+pub const FINISH_FRAMES: i64 = 512;
+
+enum Msg {
+    Wake,
+    Stop,
+}
+
+/// What the writer and the checkpointer know of each other's progress.
+pub(crate) struct WalLink {
+    wake: Sender<Msg>,
+    /// Frames in the WAL after the writer's last commit (from the WAL hook).
+    frames: AtomicI64,
+    /// Frames copied by the checkpointer's last pass (of the WAL it saw then).
+    copied: AtomicI64,
+    /// A pass the writer asked for has not finished yet.
+    running: AtomicBool,
+}
+
+impl WalLink {
+    /// Install the WAL hook on the writer's connection (this replaces SQLite's own automatic
+    /// checkpoint, which would copy every frame on the writer thread).
+    pub(crate) fn hook(self: &Arc<Self>, conn: &mut Connection) -> rusqlite::Result<()> {
+        let link = self.clone();
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, frames: std::ffi::c_int| {
+            link.frames.store(frames.into(), Ordering::Relaxed);
+            Ok(())
+        }))
+    }
+
+    /// Between batches, on the writer's connection: when the WAL is long, have the
+    /// checkpointer copy it; once all but a little is copied, copy the rest here, so the
+    /// next transaction starts the WAL over.
+    pub(crate) fn finish(&self, conn: &Connection) {
+        let frames = self.frames.load(Ordering::Relaxed);
+        if frames <= WAKE_FRAMES {
+            return;
+        }
+        if frames - self.copied.load(Ordering::Relaxed) > FINISH_FRAMES {
+            if !self.running.swap(true, Ordering::AcqRel) {
+                let _ = self.wake.send(Msg::Wake);
+            }
+            return;
+        }
+        match checkpoint(conn, "PASSIVE") {
+            Ok((0, n, done)) if n == done => self.frames.store(0, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "finishing checkpoint did not run; next batch"),
+        }
+    }
+}
 
 /// Stops and joins the checkpointer thread when dropped.
 pub(crate) struct Checkpointer {
-    stop: Option<Sender<()>>,
+    link: Arc<WalLink>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
     pub(crate) fn spawn(conn: Connection) -> std::io::Result<Self> {
-        let (stop, rx) = channel();
-        let thread = std::thread::Builder::new().name("ledger-checkpoint".into()).spawn(move || run(conn, rx))?;
-        Ok(Self { stop: Some(stop), thread: Some(thread) })
+        let (wake, rx) = channel();
+        let link = Arc::new(WalLink {
+            wake,
+            frames: AtomicI64::new(0),
+            copied: AtomicI64::new(0),
+            running: AtomicBool::new(false),
+        });
+        let l = link.clone();
+        let thread = std::thread::Builder::new().name("ledger-checkpoint".into()).spawn(move || run(conn, rx, &l))?;
+        Ok(Self { link, thread: Some(thread) })
+    }
+
+    /// The link the writer uses.
+    pub(crate) fn link(&self) -> Arc<WalLink> {
+        self.link.clone()
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        let _ = self.link.wake.send(Msg::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn run(conn: Connection, stop: Receiver<()>) {
-    // Wakes every interval; a message or a dropped sender means stop.
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) {
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+}
+
+fn run(conn: Connection, rx: Receiver<Msg>, link: &WalLink) {
+    while let Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) =
+        rx.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS))
+    {
         // (busy, wal frames, checkpointed frames); a busy result just means next time.
-        let r: rusqlite::Result<(i64, i64, i64)> =
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "background checkpoint failed; will retry");
+        match checkpoint(&conn, "PASSIVE") {
+            Ok((_, _, copied)) => link.copied.store(copied, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "background checkpoint failed; will retry"),
         }
+        link.running.store(false, Ordering::Release);
     }
     // Leave the file compact for the next start and for backups.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    let _ = checkpoint(&conn, "PASSIVE");
 }

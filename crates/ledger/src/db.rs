@@ -33,12 +33,17 @@ const MIGRATION_SQL: &[&str] = &[
 /// Schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATION_SQL.len() as i64;
 
-/// Durability of commits (SQLite `synchronous`).
+/// Durability of acknowledged writes.
+///
+/// Every connection runs SQLite's `synchronous = NORMAL` (the WAL is synced at checkpoints);
+/// with `Full` the ledger itself `fdatasync`s the WAL after each commit, before handing back
+/// any result that needs it (see sync.rs): what `synchronous = FULL` guarantees, without
+/// the writer thread waiting for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync the WAL on every commit: an acknowledged write survives power loss.
+    /// Every acknowledged write is on disk: it survives power loss.
     Full,
-    /// fsync only at checkpoints: survives a process crash, not power loss.
+    /// Writes reach the disk at checkpoints: they survive a process crash, not power loss.
     Normal,
 }
 
@@ -47,15 +52,17 @@ pub enum Durability {
 pub struct Pragmas {
     /// `journal_mode` (expect "wal").
     pub journal_mode: String,
-    /// `synchronous` (2 = FULL, 1 = NORMAL).
+    /// SQLite's `synchronous` (1 = NORMAL: durability is the ledger's own sync, below).
     pub synchronous: i64,
+    /// Whether the ledger syncs the WAL before acknowledging a write ([`Durability::Full`]).
+    pub durable_commits: bool,
     /// `foreign_keys` (1 = on).
     pub foreign_keys: i64,
     /// `busy_timeout` in milliseconds.
     pub busy_timeout_ms: i64,
 }
 
-pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Connection> {
+pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| LedgerError::Db(format!("cannot open {}: {e}", path.display())))?;
@@ -67,16 +74,12 @@ pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Con
             path.display()
         )));
     }
-    let sync = match durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
-    };
     // temp_store=MEMORY keeps the per-operation savepoint journals of group commit off disk;
     // a larger page cache and mmap keep hot index pages out of pread(); the commit path
     // leaves checkpoints to the background checkpointer (see checkpoint.rs), with a high
     // automatic threshold kept only as a backstop.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -{CACHE_KIB}; PRAGMA mmap_size = {MMAP_BYTES};
          PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_BACKSTOP_PAGES};"
     ))?;
@@ -84,12 +87,13 @@ pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Con
     Ok(conn)
 }
 
-pub(crate) fn read_pragmas(conn: &Connection) -> Result<Pragmas> {
+pub(crate) fn read_pragmas(conn: &Connection, durability: Durability) -> Result<Pragmas> {
     Ok(Pragmas {
         journal_mode: conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
         synchronous: conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
         foreign_keys: conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?,
         busy_timeout_ms: conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?,
+        durable_commits: durability == Durability::Full,
     })
 }
 

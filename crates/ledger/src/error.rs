@@ -55,6 +55,10 @@ pub enum LedgerError {
     /// Any other database error.
     #[error("ledger database error: {0}")]
     Db(String),
+    /// The disk did not confirm a write (`fdatasync` failed): this process writes no more
+    /// and must restart, re-reading what is really on disk.
+    #[error("{0}")]
+    Poisoned(String),
     /// The writer thread has stopped (process shutting down).
     #[error("the ledger writer has stopped")]
     Closed,
@@ -69,10 +73,15 @@ impl LedgerError {
             Self::RetryDrift(_) => ErrorKind::RetryDrift,
             Self::PolicyViolation(_) => ErrorKind::QueuePolicyViolation,
             Self::Conflict(_) | Self::StaleLease(_) => ErrorKind::Conflict,
-            Self::Busy | Self::DiskFull | Self::Closed => ErrorKind::Unavailable,
+            Self::Busy | Self::DiskFull | Self::Closed | Self::Poisoned(_) => ErrorKind::Unavailable,
             Self::Integrity(_) => ErrorKind::Integrity,
             Self::SchemaTooNew { .. } | Self::Io(_) | Self::Db(_) => ErrorKind::Internal,
         }
+    }
+
+    /// Whether the process can do no more useful work with this ledger and must restart.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Poisoned(_))
     }
 
     pub(crate) fn not_found(what: &'static str, id: impl Into<String>) -> Self {

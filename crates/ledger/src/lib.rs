@@ -24,6 +24,7 @@ mod model;
 mod permissions;
 mod queries;
 mod runs;
+mod sync;
 mod tasks;
 mod writer;
 
@@ -31,6 +32,7 @@ use machina_core::{Clock, ErrCode, RetryPolicy, SystemClock};
 use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use writer::Ack;
 
 pub use arbitration::{Arbitration, decision_name};
 pub use artifacts::{ArtifactStore, is_sha256_hex};
@@ -43,6 +45,7 @@ pub use model::*;
 pub use permissions::{LeaseRecord, NewLease};
 pub use queries::RunFilter;
 pub use runs::{CompiledPlan, NewIntent, NewRun};
+pub use sync::Pending;
 
 /// File name of the ledger inside the state directory.
 pub const LEDGER_FILE: &str = "ledger.db";
@@ -76,7 +79,6 @@ impl LedgerOptions {
 
 struct ReaderPool {
     path: PathBuf,
-    durability: Durability,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -88,7 +90,7 @@ impl ReaderPool {
         let conn = match conn {
             Some(c) => c,
             None => {
-                let c = db::open_connection(&self.path, self.durability)?;
+                let c = db::open_connection(&self.path)?;
                 c.execute_batch("PRAGMA query_only = ON")?;
                 c
             }
@@ -139,18 +141,19 @@ impl Ledger {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|e| LedgerError::Io(format!("cannot create state directory {}: {e}", opts.state_dir.display())))?;
         let path = opts.state_dir.join(LEDGER_FILE);
-        let conn = Self::open_migrated(&path, opts.durability)?;
+        let conn = Self::open_migrated(&path)?;
         let artifacts = ArtifactStore::open(&opts.state_dir.join(ARTIFACTS_DIR))?;
-        let pragmas = db::read_pragmas(&conn)?;
-        let (writer, thread) = writer::WriterHandle::spawn(conn, opts.clock.clone())?;
-        let checkpointer = checkpoint::Checkpointer::spawn(db::open_connection(&path, opts.durability)?)
+        let pragmas = db::read_pragmas(&conn, opts.durability)?;
+        let checkpointer = checkpoint::Checkpointer::spawn(db::open_connection(&path)?)
             .map_err(|e| LedgerError::Io(format!("cannot start the checkpointer thread: {e}")))?;
+        let (writer, thread) =
+            writer::WriterHandle::spawn(conn, opts.clock.clone(), opts.durability, &path, checkpointer.link())?;
         Ok(Self {
             writer,
             _writer_thread: Arc::new(writer::WriterThread::new(thread)),
             pragmas: Arc::new(pragmas),
             _checkpointer: Arc::new(checkpointer),
-            readers: Arc::new(ReaderPool { path, durability: opts.durability, idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(ReaderPool { path, idle: Mutex::new(Vec::new()) }),
             artifacts,
             clock: opts.clock,
             retry: Arc::new(opts.retry),
@@ -160,11 +163,11 @@ impl Ledger {
     /// Open the file and bring its schema up to date. SQLite answers some lock conflicts of
     /// several processes creating the same file at once (switching a new file to WAL) with an
     /// immediate SQLITE_BUSY rather than through the busy handler: those are retried.
-    fn open_migrated(path: &Path, durability: Durability) -> Result<Connection> {
+    fn open_migrated(path: &Path) -> Result<Connection> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(db::BUSY_TIMEOUT_MS);
         let mut pause = std::time::Duration::from_millis(5);
         loop {
-            let attempt = db::open_connection(path, durability).and_then(|mut c| {
+            let attempt = db::open_connection(path).and_then(|mut c| {
                 db::migrate(&mut c, path, machina_core::APP_VERSION)?;
                 Ok(c)
             });
@@ -211,7 +214,20 @@ impl Ledger {
 
     /// Check the ledger answers a read (for /health), without touching the write lock.
     pub async fn ping(&self) -> Result<()> {
+        if let Some(e) = self.poisoned() {
+            return Err(e);
+        }
         self.read(|c, _| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+
+    /// Why this process can write no more (a failed `fdatasync`), if so: it must restart.
+    pub fn poisoned(&self) -> Option<LedgerError> {
+        self.writer.poisoned()
+    }
+
+    /// WAL syncs of this process's ledger (durable commits): (syncs, microseconds in them).
+    pub fn sync_stats(&self) -> (u64, u64) {
+        self.writer.sync_stats()
     }
 
     /// Group-commit counters of this process's writer: (transactions, operations).
@@ -364,9 +380,9 @@ impl Ledger {
     pub async fn checkpoint_and_optimize(&self) -> Result<(i64, i64, i64)> {
         // Its own read-write connection: the readers are query-only, and the writer's
         // connection is always inside a transaction, where a checkpoint cannot run.
-        let (path, durability) = (self.readers.path.clone(), self.readers.durability);
+        let path = self.readers.path.clone();
         tokio::task::spawn_blocking(move || {
-            let c = db::open_connection(&path, durability)?;
+            let c = db::open_connection(&path)?;
             let r = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             c.execute_batch("PRAGMA optimize")?;
             Ok(r)
@@ -401,7 +417,7 @@ impl Ledger {
     /// Claim a queued run for CompileST.
     pub async fn claim_compile(&self, owner: &str, lease_ms: i64) -> Result<Option<CompileJob>> {
         let owner = owner.to_string();
-        self.writer.write(move |c, now| runs::claim_compile(c, &owner, lease_ms, now)).await
+        self.writer.write_acked(Ack::Committed, move |c, now| runs::claim_compile(c, &owner, lease_ms, now)).await
     }
 
     /// Record CompileST's outcome.
@@ -424,10 +440,11 @@ impl Ledger {
         self.writer.write(move |c, now| runs::append_tasks(c, &id, &specs, now)).await
     }
 
-    /// Claim one runnable task under a lease of `lease_ms`.
+    /// Claim one runnable task under a lease of `lease_ms`. Answered once the claim is
+    /// committed, before it is on disk (a claim lost to a power cut loses its holder too).
     pub async fn claim_task(&self, owner: &str, lease_ms: i64) -> Result<Option<ClaimedTask>> {
         let owner = owner.to_string();
-        self.writer.write(move |c, now| tasks::claim(c, &owner, lease_ms, now)).await
+        self.writer.write_acked(Ack::Committed, move |c, now| tasks::claim(c, &owner, lease_ms, now)).await
     }
 
     /// Extend a lease; rejected (StaleLease) unless the caller still holds it.
@@ -445,20 +462,28 @@ impl Ledger {
 
     /// Claim the next piece of work: a queued run to compile first (so new runs are not
     /// starved by long task queues), else a task.
+    /// Answered once committed, like [`claim_task`](Self::claim_task).
     pub async fn claim_work(&self, owner: &str, lease_ms: i64) -> Result<Option<Work>> {
         let owner = owner.to_string();
-        self.writer.write(move |c, now| claim_work(c, &owner, lease_ms, now)).await
+        self.writer.write_acked(Ack::Committed, move |c, now| claim_work(c, &owner, lease_ms, now)).await
     }
 
     /// Commit an attempt's outcome and claim the owner's next work in the same
     /// transaction: one group-commit round trip per task instead of two.
-    pub async fn complete_and_claim(&self, report: TaskReport, lease_ms: i64) -> Result<(Completion, Option<Work>)> {
+    ///
+    /// Answered at COMMIT with the next work, so the caller can start it while the disk
+    /// syncs; the completion is the [`Pending`] part, final once it is durable.
+    pub async fn complete_and_claim(
+        &self,
+        report: TaskReport,
+        lease_ms: i64,
+    ) -> Result<(Option<Work>, Pending<Completion>)> {
         let policy = self.retry.clone();
         let jitter = RetryPolicy::random_jitter();
         self.writer
-            .write(move |c, now| {
+            .write_split(move |c, now| {
                 let done = tasks::complete(c, &report, &policy, jitter, now)?;
-                Ok((done, claim_work(c, &report.owner, lease_ms, now)?))
+                Ok((claim_work(c, &report.owner, lease_ms, now)?, done))
             })
             .await
     }

@@ -1,16 +1,20 @@
 //! The one writer thread of a process, batching concurrent writes into one
 //! `BEGIN IMMEDIATE` transaction (group commit).
 //!
-//! Each job runs inside its own savepoint, so one failing job rolls back only
-//! itself; every job's result is delivered only after the shared COMMIT
-//! returned, so an acknowledged write is durable.
+//! A batch runs without savepoints and, only if one of its jobs fails, again with one
+//! savepoint each, so one failing job rolls back only itself. A job's result is handed
+//! back once the shared COMMIT is durable (see sync.rs), or, for claims, once it is
+//! committed.
 
 use rusqlite::Connection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::checkpoint::WalLink;
+use crate::db::Durability;
 use crate::error::{LedgerError, Result};
+use crate::sync::{Held, HeldValue, Pending, Poison, Syncer, WalFile};
 use machina_core::Clock;
 
 /// Most jobs committed together.
@@ -20,14 +24,23 @@ const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 /// Jobs waiting for the writer before senders wait too.
 pub const QUEUE_DEPTH: usize = 4096;
 
+/// When a job's result may be handed back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// Once the commit is on disk: every write a client is told has happened.
+    Durable,
+    /// Once the commit is visible: claims, whose loss to a power cut loses their holder too.
+    Committed,
+}
+
 /// Where a job's result goes.
-enum Reply<T> {
+pub(crate) enum Reply<T> {
     Async(oneshot::Sender<Result<T>>),
     Blocking(std::sync::mpsc::SyncSender<Result<T>>),
 }
 
 impl<T> Reply<T> {
-    fn send(self, v: Result<T>) {
+    pub(crate) fn send(self, v: Result<T>) {
         // A caller that gave up waiting is not an error of the writer.
         let _ = match self {
             Reply::Async(s) => s.send(v).map_err(drop),
@@ -41,8 +54,11 @@ impl<T> Reply<T> {
 trait Job: Send {
     /// Run against the open transaction, keeping the result; returns whether it failed.
     fn run(&mut self, conn: &Connection, now: i64) -> bool;
-    /// Send the kept result, or `commit_err` if the transaction did not commit.
-    fn deliver(self: Box<Self>, commit_err: Option<&LedgerError>);
+    /// The transaction ended (`commit_err` if it did not commit): hand back what may be
+    /// seen now, and return what must wait until the commit is on disk.
+    fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>>;
+    /// Whether part of its result is handed back at COMMIT (its client may soon send again).
+    fn early(&self) -> bool;
     /// The job could not run at all.
     fn fail(self: Box<Self>, err: LedgerError);
     /// The error of its last run, if it failed.
@@ -53,6 +69,16 @@ struct WriteJob<F, T> {
     f: F,
     result: Option<Result<T>>,
     reply: Reply<T>,
+    ack: Ack,
+}
+
+/// The outcome of a job's last run, or of its transaction.
+fn outcome<T>(commit_err: Option<&LedgerError>, result: Option<Result<T>>) -> Result<T> {
+    match (commit_err, result) {
+        (Some(e), _) => Err(e.clone()),
+        (None, Some(r)) => r,
+        (None, None) => Err(LedgerError::Db("internal: a job was delivered without running".into())),
+    }
 }
 
 impl<F, T> Job for WriteJob<F, T>
@@ -67,17 +93,75 @@ where
         failed
     }
 
-    fn deliver(self: Box<Self>, commit_err: Option<&LedgerError>) {
-        let out = match (commit_err, self.result) {
-            (Some(e), _) => Err(e.clone()),
-            (None, Some(r)) => r,
-            (None, None) => Err(LedgerError::Db("internal: a job was delivered without running".into())),
-        };
-        self.reply.send(out);
+    fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>> {
+        match (outcome(commit_err, self.result), self.ack) {
+            (Ok(value), Ack::Durable) => Some(Box::new(HeldValue { value, reply: self.reply })),
+            (other, _) => {
+                self.reply.send(other);
+                None
+            }
+        }
+    }
+
+    fn early(&self) -> bool {
+        self.ack == Ack::Committed
     }
 
     fn fail(self: Box<Self>, err: LedgerError) {
         self.reply.send(Err(err));
+    }
+
+    fn error(&self) -> Option<LedgerError> {
+        match &self.result {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A job whose result has a part seen at COMMIT (`A`, a claim) and a part held until the
+/// commit is on disk (`B`, a completion).
+struct SplitJob<F, A, B> {
+    f: F,
+    result: Option<Result<(A, B)>>,
+    now: oneshot::Sender<Result<A>>,
+    later: oneshot::Sender<Result<B>>,
+}
+
+impl<F, A, B> Job for SplitJob<F, A, B>
+where
+    A: Send + 'static,
+    B: Send + 'static,
+    F: Fn(&Connection, i64) -> Result<(A, B)> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection, now: i64) -> bool {
+        let res = (self.f)(conn, now);
+        let failed = res.is_err();
+        self.result = Some(res);
+        failed
+    }
+
+    fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>> {
+        match outcome(commit_err, self.result) {
+            Ok((a, b)) => {
+                let _ = self.now.send(Ok(a));
+                Some(Box::new(HeldValue { value: b, reply: Reply::Async(self.later) }))
+            }
+            Err(e) => {
+                let _ = self.later.send(Err(e.clone()));
+                let _ = self.now.send(Err(e));
+                None
+            }
+        }
+    }
+
+    fn early(&self) -> bool {
+        true
+    }
+
+    fn fail(self: Box<Self>, err: LedgerError) {
+        let _ = self.later.send(Err(err.clone()));
+        let _ = self.now.send(Err(err));
     }
 
     fn error(&self) -> Option<LedgerError> {
@@ -111,25 +195,54 @@ impl Drop for WriterThread {
 pub(crate) struct WriterHandle {
     tx: mpsc::Sender<Box<dyn Job>>,
     counters: Arc<Counters>,
+    poison: Arc<Poison>,
 }
 
-/// Transactions committed and operations they carried.
+/// Transactions committed and operations they carried; syncs and the time they took.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     transactions: AtomicU64,
     operations: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) sync_micros: AtomicU64,
 }
 
 impl WriterHandle {
-    pub(crate) fn spawn(conn: Connection, clock: Arc<dyn Clock>) -> Result<(Self, std::thread::JoinHandle<()>)> {
+    pub(crate) fn spawn(
+        mut conn: Connection,
+        clock: Arc<dyn Clock>,
+        durability: Durability,
+        db_path: &std::path::Path,
+        wal: Arc<WalLink>,
+    ) -> Result<(Self, std::thread::JoinHandle<()>)> {
+        wal.hook(&mut conn)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
+        let poison = Arc::new(Poison::default());
+        let disk = match durability {
+            Durability::Full => Some(Disk {
+                syncer: Syncer::spawn(db_path, poison.clone(), counters.clone())?,
+                wal: WalFile::new(db_path),
+                poison: poison.clone(),
+            }),
+            Durability::Normal => None,
+        };
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(conn, rx, clock, &c))
+            .spawn(move || run(conn, rx, clock, &c, disk, &wal))
             .map_err(|e| LedgerError::Io(format!("cannot start the ledger writer thread: {e}")))?;
-        Ok((Self { tx, counters }, handle))
+        Ok((Self { tx, counters, poison }, handle))
+    }
+
+    /// (syncs, microseconds spent in them) so far.
+    pub(crate) fn sync_stats(&self) -> (u64, u64) {
+        (self.counters.syncs.load(Ordering::Relaxed), self.counters.sync_micros.load(Ordering::Relaxed))
+    }
+
+    /// Why this process's writes stopped, if the disk failed to confirm one.
+    pub(crate) fn poisoned(&self) -> Option<LedgerError> {
+        self.poison.get().cloned()
     }
 
     /// (transactions, operations) so far.
@@ -137,16 +250,41 @@ impl WriterHandle {
         (self.counters.transactions.load(Ordering::Relaxed), self.counters.operations.load(Ordering::Relaxed))
     }
 
-    /// Run `f` in the next group commit; resolves after COMMIT.
+    /// Run `f` in the next group commit; resolves once that commit is durable.
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: Fn(&Connection, i64) -> Result<T> + Send + 'static,
     {
+        self.write_acked(Ack::Durable, f).await
+    }
+
+    /// Run `f` in the next group commit; resolves as `ack` says.
+    pub(crate) async fn write_acked<T, F>(&self, ack: Ack, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection, i64) -> Result<T> + Send + 'static,
+    {
         let (otx, orx) = oneshot::channel();
-        let job = Box::new(WriteJob { f, result: None, reply: Reply::Async(otx) });
+        let job = Box::new(WriteJob { f, result: None, reply: Reply::Async(otx), ack });
         self.tx.send(job).await.map_err(|_| LedgerError::Closed)?;
         orx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Run `f` in the next group commit; resolves at COMMIT with its first part, the second
+    /// part following once the commit is durable.
+    pub(crate) async fn write_split<A, B, F>(&self, f: F) -> Result<(A, Pending<B>)>
+    where
+        A: Send + 'static,
+        B: Send + 'static,
+        F: Fn(&Connection, i64) -> Result<(A, B)> + Send + 'static,
+    {
+        let (now, now_rx) = oneshot::channel();
+        let (later, later_rx) = oneshot::channel();
+        let job = Box::new(SplitJob { f, result: None, now, later });
+        self.tx.send(job).await.map_err(|_| LedgerError::Closed)?;
+        let a = now_rx.await.map_err(|_| LedgerError::Closed)??;
+        Ok((a, Pending(later_rx)))
     }
 
     /// Same as [`write`](Self::write), for a thread outside the async runtime.
@@ -156,13 +294,28 @@ impl WriterHandle {
         F: Fn(&Connection, i64) -> Result<T> + Send + 'static,
     {
         let (otx, orx) = std::sync::mpsc::sync_channel(1);
-        let job = Box::new(WriteJob { f, result: None, reply: Reply::Blocking(otx) });
+        let job = Box::new(WriteJob { f, result: None, reply: Reply::Blocking(otx), ack: Ack::Durable });
         self.tx.blocking_send(job).map_err(|_| LedgerError::Closed)?;
         orx.recv().map_err(|_| LedgerError::Closed)?
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Clock>, counters: &Counters) {
+/// What makes commits durable under [`Durability::Full`].
+struct Disk {
+    syncer: Syncer,
+    /// For syncing on this thread when nothing else is waiting (saves a thread hop).
+    wal: WalFile,
+    poison: Arc<Poison>,
+}
+
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    clock: Arc<dyn Clock>,
+    counters: &Counters,
+    mut disk: Option<Disk>,
+    wal: &WalLink,
+) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut last_len = 0;
     while let Some(first) = rx.blocking_recv() {
@@ -178,11 +331,34 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, clock: Arc<dyn Cl
             }
         }
         last_len = batch.len();
+        if let Some(e) = disk.as_ref().and_then(|d| d.poison.get()) {
+            for job in batch.drain(..) {
+                job.fail(e.clone());
+            }
+            continue;
+        }
         counters.transactions.fetch_add(1, Ordering::Relaxed);
         counters.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        commit_batch(&conn, &mut batch, clock.now_ms());
+        let early = batch.iter().any(|j| j.early());
+        let held = commit_batch(&conn, &mut batch, clock.now_ms());
+        settle(held, early, rx.is_empty(), disk.as_mut(), counters);
+        wal.finish(&conn);
     }
     tracing::debug!("ledger writer: all handles dropped, exiting");
+}
+
+/// Release held results once their commit is durable. When nobody is waiting to write and
+/// no client of this batch was answered early (and so about to send again), the sync runs on
+/// this thread; otherwise the syncer does it while this thread runs the next batch.
+fn settle(held: Vec<Box<dyn Held>>, early: bool, queue_empty: bool, disk: Option<&mut Disk>, counters: &Counters) {
+    if held.is_empty() {
+        return;
+    }
+    match disk {
+        None => held.into_iter().for_each(|h| h.release(None)),
+        Some(d) if !early && queue_empty && !d.syncer.is_busy() => d.wal.sync_and_release(held, &d.poison, counters),
+        Some(d) => d.syncer.hand_over(held),
+    }
 }
 
 fn drain(rx: &mut mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
@@ -198,13 +374,14 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) {
+/// Run and commit one batch; returns the results to hand back once it is durable.
+fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) -> Vec<Box<dyn Held>> {
     if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let err = LedgerError::from(e);
         for job in batch.drain(..) {
             job.fail(err.clone());
         }
-        return;
+        return Vec::new();
     }
     // Fast path: no savepoints (their page copies cost more than the jobs themselves).
     let mut any_failed = false;
@@ -215,7 +392,8 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) {
         if conn.is_autocommit() {
             // SQLite already rolled the whole transaction back (disk full, I/O error):
             // nothing was written; every job learns why.
-            return abort(batch);
+            abort(batch);
+            return Vec::new();
         }
         if batch.len() == 1 {
             let _ = exec_cached(conn, "ROLLBACK");
@@ -229,7 +407,10 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) {
             .and_then(|_| rerun_with_savepoints(conn, batch, now));
         match again {
             Ok(()) => {}
-            Err(None) => return abort(batch),
+            Err(None) => {
+                abort(batch);
+                return Vec::new();
+            }
             Err(Some(e)) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 return deliver_all(batch, Some(&e));
@@ -243,13 +424,12 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) {
             let _ = conn.execute_batch("ROLLBACK");
         }
     }
-    deliver_all(batch, commit_err.as_ref());
+    deliver_all(batch, commit_err.as_ref())
 }
 
-fn deliver_all(batch: &mut Vec<Box<dyn Job>>, commit_err: Option<&LedgerError>) {
-    for job in batch.drain(..) {
-        job.deliver(commit_err);
-    }
+/// Hand back what may be seen now; collect what waits for the disk.
+fn deliver_all(batch: &mut Vec<Box<dyn Job>>, commit_err: Option<&LedgerError>) -> Vec<Box<dyn Held>> {
+    batch.drain(..).filter_map(|job| job.committed(commit_err)).collect()
 }
 
 /// The transaction is gone: failed jobs get their own error, the others the first one.
@@ -257,7 +437,9 @@ fn abort(batch: &mut Vec<Box<dyn Job>>) {
     let cause = batch.iter().find_map(|j| j.error()).unwrap_or(LedgerError::Db("transaction aborted".into()));
     tracing::error!(error = %cause, "ledger writer: the transaction was rolled back by SQLite");
     for job in batch.drain(..) {
-        if job.error().is_some() { job.deliver(None) } else { job.deliver(Some(&cause)) }
+        // Nothing was written, so nothing is held.
+        let held = if job.error().is_some() { job.committed(None) } else { job.committed(Some(&cause)) };
+        debug_assert!(held.is_none());
     }
 }
 

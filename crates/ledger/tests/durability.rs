@@ -17,7 +17,9 @@ async fn pragmas_read_back_as_configured() {
     let t = TestLedger::new();
     let p = t.ledger.pragmas();
     assert_eq!(p.journal_mode.to_ascii_lowercase(), "wal");
-    assert_eq!(p.synchronous, 2, "FULL by default");
+    // SQLite syncs at checkpoints only; the ledger syncs each acknowledged commit itself.
+    assert_eq!(p.synchronous, 1, "connections run synchronous=NORMAL");
+    assert!(p.durable_commits, "durable commits by default");
     assert_eq!(p.foreign_keys, 1);
     assert_eq!(p.busy_timeout_ms, BUSY_TIMEOUT_MS as i64);
 
@@ -25,7 +27,8 @@ async fn pragmas_read_back_as_configured() {
     let mut o = options(dir.path(), &ManualClock::new(T0));
     o.durability = Durability::Normal;
     let normal = Ledger::open(o).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(normal.pragmas().synchronous, 1, "NORMAL when asked");
+    assert_eq!(normal.pragmas().synchronous, 1);
+    assert!(!normal.pragmas().durable_commits, "no per-commit sync when asked for NORMAL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,8 @@ async fn queued_compiles_come_before_tasks_and_ride_on_completions() {
     };
     // A new run arrives while the worker is busy: its compile is claimed with the completion.
     let (_, fresh) = enqueue(l, "b", "demo", 1, json!({"words": ["x"]})).await;
-    let (done, next) = l.complete_and_claim(ok_report(&first, "w"), LONG_LEASE).await.unwrap();
+    let (next, done) = l.complete_and_claim(ok_report(&first, "w"), LONG_LEASE).await.unwrap();
+    let done = done.await.unwrap();
     assert_eq!(done.task_status, TaskStatus::Succeeded);
     match next {
         Some(Work::Compile(job)) => assert_eq!(job.run.id, fresh),
@@ -30,7 +31,8 @@ async fn queued_compiles_come_before_tasks_and_ride_on_completions() {
     let mut next = l.claim_work("w", LONG_LEASE).await.unwrap();
     let mut committed = 1;
     while let Some(Work::Task(task)) = next {
-        let (_, following) = l.complete_and_claim(ok_report(&task, "w"), LONG_LEASE).await.unwrap();
+        let (following, done) = l.complete_and_claim(ok_report(&task, "w"), LONG_LEASE).await.unwrap();
+        done.await.unwrap();
         committed += 1;
         next = following;
     }

@@ -49,6 +49,8 @@ pub struct Worker {
     judge: Option<Arc<Judge>>,
     /// The external policy driver, when `[driver]` configures one.
     driver: Option<Arc<Driver>>,
+    /// Completions committed and waiting for the disk while their slot runs its next work.
+    settling: TaskTracker,
 }
 
 impl Worker {
@@ -68,6 +70,7 @@ impl Worker {
             cancels: Arc::new(tokio::sync::Notify::new()),
             judge,
             driver,
+            settling: TaskTracker::new(),
         }
     }
 
@@ -104,9 +107,14 @@ impl Worker {
         }
         slots_tracker.close();
         slots_tracker.wait().await;
+        self.settling.close();
+        self.settling.wait().await;
         background.cancel();
         tracker.close();
         tracker.wait().await;
+        if let Some(e) = self.ledger.poisoned() {
+            return Err(e);
+        }
         tracing::info!(worker = %self.id, "worker drained");
         Ok(())
     }
@@ -137,6 +145,10 @@ impl Worker {
                     continue;
                 }
                 Ok(None) => {}
+                Err(e) if e.is_fatal() => {
+                    tracing::error!(worker = %self.id, slot, error = %e, "the ledger can take no more writes: stopping");
+                    break;
+                }
                 Err(e) => tracing::warn!(worker = %self.id, slot, error = %e, kind = %e.kind(), "worker step failed"),
             }
             tokio::select! {
@@ -280,9 +292,20 @@ impl Worker {
             self.ledger.complete_and_claim(report, self.lease_ms()).await
         };
         match retry_while_unavailable(lease_deadline, commit).await {
-            Ok((done, next)) => {
-                tracing::info!(err_code = code, task_status = %done.task_status, run_status = %done.run_status, "task committed");
-                self.announce.task_done(&task.run_id, &task.task_key, code, &done).await;
+            Ok((next, done)) => {
+                // Committed: the slot goes on with its next work while the disk confirms this.
+                let (announce, code) = (self.announce.clone(), code.to_string());
+                let settled = async move {
+                    match done.await {
+                        Ok(done) => {
+                            tracing::info!(err_code = code, task_status = %done.task_status,
+                                run_status = %done.run_status, "task committed");
+                            announce.task_done(&task.run_id, &task.task_key, &code, &done).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "the task's commit did not reach the disk"),
+                    }
+                };
+                self.settling.spawn(tracing::Instrument::in_current_span(settled));
                 Ok(next)
             }
             Err(LedgerError::StaleLease(m)) => {
