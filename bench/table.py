@@ -13,7 +13,7 @@ best_proc = max((p["process_jobs_per_s"] for p in peers), default=None)
 def ratio(v, best):
     return f"{v / best:.2f}x" if best else "-"
 
-print(f"\njobs: {queues[0]['jobs'] if queues else '?'}, durability: synchronous=FULL (WAL), 64 submitters, 4 consumers\n")
+print(f"\njobs: {queues[0]['jobs'] if queues else '?'}, durability: every acknowledged write on disk (WAL; FULL, or machina's own fdatasync), 64 submitters, 4 consumers\n")
 print(f"| system | enqueue jobs/s | vs best peer | process jobs/s | vs best peer | claim→complete p50 | p99 |")
 print(f"|---|---:|---:|---:|---:|---:|---:|")
 for r in queues:

@@ -2,12 +2,14 @@
 //!
 //! Phase 1 (durable enqueue): `--submitters` tokio tasks add `--jobs` no-op tasks in total to
 //! one executing run, each `append_tasks` awaited on its own; it returns only after the group
-//! commit that holds it (WAL, `synchronous=FULL`) has committed.
+//! commit that holds it is on disk (WAL; the ledger's sync thread fdatasyncs it, the same
+//! guarantee as `synchronous=FULL`).
 //! Phase 2 (processing): `--consumers` tokio tasks each loop claim → (no-op) → complete, the
 //! way a worker does: a completion commits together with the claim of the consumer's next
-//! task (`complete_and_claim`). A claim is a leased, fenced task; a completion writes the
-//! attempt row, the receipt, the event and settles the run. Latency is claim returned →
-//! completion committed.
+//! task (`complete_and_claim`), which hands back that next task at COMMIT and the completion
+//! once durable. A claim is a leased, fenced task; a completion writes the attempt row, the
+//! receipt, the event and settles the run. A job counts once its completion is durable;
+//! latency is claim returned → completion durable.
 //!
 //! Prints exactly one JSON line on stdout; progress goes to stderr.
 
@@ -185,7 +187,7 @@ async fn main() {
         "process_jobs_per_s": args.jobs as f64 / process_s,
         "latency_p50_us": percentile(&lat, 0.50),
         "latency_p99_us": percentile(&lat, 0.99),
-        "durability": "synchronous=FULL",
+        "durability": "every acknowledged commit fdatasynced first (the ledger's sync thread; SQLite synchronous=NORMAL underneath)",
         "notes": format!("ledger level, group commit; {} submitters, {} consumers in one process", args.submitters, args.consumers),
     });
     println!("{line}");

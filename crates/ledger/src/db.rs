@@ -11,9 +11,12 @@ pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// Page cache per connection, in KiB.
 const CACHE_KIB: i64 = 32 * 1024;
-/// Memory-mapped I/O window per connection, in bytes.
-const MMAP_BYTES: i64 = 256 * 1024 * 1024;
-/// WAL pages after which a commit checkpoints by itself (if the background checkpointer lags).
+/// Memory-mapped I/O window per connection, in bytes: off. With several processes writing,
+/// each transaction that finds the file grown remaps it (munmap, TLB shootdowns, faults on
+/// every page touched again); reading through the page cache measured cheaper.
+const MMAP_BYTES: i64 = 0;
+/// WAL pages after which a commit checkpoints by itself. The writer's connection replaces
+/// this with its own WAL hook (checkpoint.rs); it stays on the others as a backstop.
 const AUTOCHECKPOINT_BACKSTOP_PAGES: i64 = 50_000;
 
 /// Prepared statements kept per connection (the ledger uses fewer distinct ones).
@@ -75,7 +78,7 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
         )));
     }
     // temp_store=MEMORY keeps the per-operation savepoint journals of group commit off disk;
-    // a larger page cache and mmap keep hot index pages out of pread(); the commit path
+    // a larger page cache keeps hot index pages out of pread(); the commit path
     // leaves checkpoints to the background checkpointer (see checkpoint.rs), with a high
     // automatic threshold kept only as a backstop.
     conn.execute_batch(&format!(

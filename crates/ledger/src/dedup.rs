@@ -45,11 +45,11 @@ fn created(s: Submission, c: &Connection, now: i64) -> Result<(u16, Value)> {
     let run_json = |r: &RunRecord| serde_json::to_value(r);
     Ok(match s {
         Submission::Intent(i) => (201, intent_json(&create_intent(c, i, now)?)?),
-        Submission::Run(r) => (202, run_json(&start_run(c, r, now)?)?),
+        Submission::Run(r) => (202, run_json(&start_run(c, r, false, now)?)?),
         Submission::Enqueue(i, mut r) => {
             let intent = create_intent(c, i, now)?;
             r.intent_id = intent.id.clone();
-            let run = start_run(c, r, now)?;
+            let run = start_run(c, r, true, now)?;
             (202, serde_json::json!({"intent": intent_json(&intent)?, "run": run_json(&run)?}))
         }
     })

@@ -240,6 +240,15 @@ impl Ledger {
         self.writer.write(move |c, now| dedup::submit(c, key.as_ref(), s.clone(), now)).await
     }
 
+    /// [`submit`](Self::submit), answered at COMMIT with the response, and once that commit is
+    /// durable through the [`Pending`] part. Between the two the caller may wake workers, not
+    /// answer its client: a worker's claim is not durable either, and whatever durable it
+    /// writes later makes this commit durable too (the WAL is ordered), so nothing outside
+    /// the ledger can happen for a submission the disk then loses.
+    pub async fn submit_early(&self, key: Option<DedupKey>, s: Submission) -> Result<(Submitted, Pending<()>)> {
+        self.writer.write_split(false, move |c, now| Ok((dedup::submit(c, key.as_ref(), s.clone(), now)?, ()))).await
+    }
+
     /// Blocking variant of [`submit`](Self::submit) for threads outside the runtime.
     pub fn submit_blocking(&self, key: Option<DedupKey>, s: Submission) -> Result<Submitted> {
         self.writer.write_blocking(move |c, now| dedup::submit(c, key.as_ref(), s.clone(), now))
@@ -481,7 +490,7 @@ impl Ledger {
         let policy = self.retry.clone();
         let jitter = RetryPolicy::random_jitter();
         self.writer
-            .write_split(move |c, now| {
+            .write_split(true, move |c, now| {
                 let done = tasks::complete(c, &report, &policy, jitter, now)?;
                 Ok((claim_work(c, &report.owner, lease_ms, now)?, done))
             })

@@ -134,20 +134,51 @@ pub(crate) fn create_intent(c: &Connection, i: NewIntent, now: i64) -> Result<In
     let id = new_id();
     c.prepare_cached("INSERT INTO intents(id, goal, inputs, constraints, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![id, i.goal, i.inputs.to_string(), i.constraints.to_string(), now])?;
-    load_intent(c, &id)
+    // What was just written, without reading it back (the submission's hot path).
+    Ok(IntentRecord { id, goal: i.goal, inputs: i.inputs, constraints: i.constraints, created_at: now })
 }
 
-pub(crate) fn start_run(c: &Connection, r: NewRun, now: i64) -> Result<RunRecord> {
-    load_intent(c, &r.intent_id)?;
+/// Create a queued run of an intent (`intent_known`: created in this same transaction).
+pub(crate) fn start_run(c: &Connection, r: NewRun, intent_known: bool, now: i64) -> Result<RunRecord> {
+    if !intent_known
+        && c.prepare_cached("SELECT 1 FROM intents WHERE id = ?1")?
+            .query_row([&r.intent_id], |_| Ok(()))
+            .optional()?
+            .is_none()
+    {
+        return Err(LedgerError::not_found("intent", &r.intent_id));
+    }
     let id = new_id();
     c.prepare_cached("INSERT OR IGNORE INTO partitions(key) VALUES (?1)")?.execute([&r.partition_key])?;
+    // A new run's first event is number 1: set here rather than by event()'s extra UPDATE.
     c.prepare_cached(
-        "INSERT INTO runs(id, intent_id, recipe, partition_key, workload, concurrency, status, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7)",
+        "INSERT INTO runs(id, intent_id, recipe, partition_key, workload, concurrency, status, created_at, updated_at,
+                          event_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, 1)",
     )?
     .execute(params![id, r.intent_id, r.recipe, r.partition_key, r.workload.to_string(), r.concurrency, now])?;
-    event(c, &id, "run_created", json!({"recipe": r.recipe, "queuePartitionKey": r.partition_key}), now)?;
-    load_run(c, &id)
+    let created = json!({"recipe": r.recipe, "queuePartitionKey": r.partition_key});
+    c.prepare_cached("INSERT INTO events(run_id, seq, kind, data, at) VALUES (?1, 1, 'run_created', ?2, ?3)")?
+        .execute(params![id, created.to_string(), now])?;
+    Ok(RunRecord {
+        id,
+        intent_id: r.intent_id,
+        recipe: r.recipe,
+        queue_partition_key: r.partition_key,
+        workload: r.workload,
+        concurrency: r.concurrency,
+        status: RunStatus::Queued,
+        last_step: None,
+        generation: 0,
+        err_code: None,
+        error_message: None,
+        next_action: None,
+        plan_sha256: None,
+        approved_plan_sha256: None,
+        approved_by: None,
+        created_at: now,
+        updated_at: now,
+    })
 }
 
 /// Claim the oldest queued run of an unpaused partition for CompileST.
@@ -167,24 +198,39 @@ pub(crate) fn claim_compile(
         .optional()?;
     let Some(id) = id else { return Ok(None) };
     let mut run = load_run(c, &id)?;
-    transition(c, &mut run, RunStatus::Compiling, now)?;
-    let attempt: u32 = c
+    if !run.status.can_become(RunStatus::Compiling) {
+        return Err(LedgerError::IllegalState(format!("run {id} cannot go from {} to compiling", run.status)));
+    }
+    // One UPDATE for what transition(), the lease and record_step() would write in four
+    // (this is the path from a submission to its start): the state, the lease, the step, and
+    // the two event numbers the two events below take.
+    let (attempt, seq): (u32, i64) = c
         .prepare_cached(
-            "UPDATE runs SET lease_owner = ?2, lease_expires_at = ?3, compile_attempt = compile_attempt + 1
-             WHERE id = ?1 RETURNING compile_attempt",
+            "UPDATE runs SET status = 'compiling', updated_at = ?4, lease_owner = ?2, lease_expires_at = ?3,
+                 compile_attempt = compile_attempt + 1, last_step = ?5, event_seq = event_seq + 2
+             WHERE id = ?1 AND status = 'queued'",
         )?
-        .query_row(params![id, owner, now + lease_ms], |r| r.get(0))?;
-    record_step(
-        c,
-        &run,
-        StepRow {
-            step: Step::Compile,
-            outcome: StepOutcome::Started,
-            err_code: None,
-            detail: Some(format!("by {owner}")),
-        },
-        now,
-    )?;
+        .execute(params![id, owner, now + lease_ms, now, Step::Compile.as_str()])
+        .map_err(LedgerError::from)
+        .and_then(|n| match n {
+            1 => Ok(c
+                .prepare_cached("SELECT compile_attempt, event_seq FROM runs WHERE id = ?1")?
+                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?),
+            _ => Err(LedgerError::Conflict(format!("run {id} changed state concurrently"))),
+        })?;
+    let mut insert_event =
+        c.prepare_cached("INSERT INTO events(run_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    let changed = json!({"from": run.status, "to": RunStatus::Compiling});
+    insert_event.execute(params![id, seq - 1, "state_changed", changed.to_string(), now])?;
+    run.status = RunStatus::Compiling;
+    let detail = format!("by {owner}");
+    c.prepare_cached(
+        "INSERT INTO run_steps(run_id, step, outcome, generation, err_code, detail, at)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
+    )?
+    .execute(params![id, Step::Compile.as_str(), StepOutcome::Started.as_str(), run.generation, detail, now])?;
+    let step = json!({"step": Step::Compile, "outcome": StepOutcome::Started, "errCode": null, "detail": detail});
+    insert_event.execute(params![id, seq, "step", step.to_string(), now])?;
     let intent = load_intent(c, &run.intent_id)?;
     let rivals = crate::arbitration::rivals(c, &run)?;
     Ok(Some(crate::model::CompileJob { run, intent, compile_attempt: attempt, rivals }))

@@ -123,6 +123,8 @@ where
 /// commit is on disk (`B`, a completion).
 struct SplitJob<F, A, B> {
     f: F,
+    /// Whether its client will likely write again as soon as it has `A` (see `Job::early`).
+    early: bool,
     result: Option<Result<(A, B)>>,
     now: oneshot::Sender<Result<A>>,
     later: oneshot::Sender<Result<B>>,
@@ -156,7 +158,7 @@ where
     }
 
     fn early(&self) -> bool {
-        true
+        self.early
     }
 
     fn fail(self: Box<Self>, err: LedgerError) {
@@ -272,8 +274,10 @@ impl WriterHandle {
     }
 
     /// Run `f` in the next group commit; resolves at COMMIT with its first part, the second
-    /// part following once the commit is durable.
-    pub(crate) async fn write_split<A, B, F>(&self, f: F) -> Result<(A, Pending<B>)>
+    /// part following once the commit is durable. `early`: the caller will likely write again
+    /// as soon as it has the first part (a worker's next claim), so the sync is left to the
+    /// sync thread rather than holding this one.
+    pub(crate) async fn write_split<A, B, F>(&self, early: bool, f: F) -> Result<(A, Pending<B>)>
     where
         A: Send + 'static,
         B: Send + 'static,
@@ -281,7 +285,7 @@ impl WriterHandle {
     {
         let (now, now_rx) = oneshot::channel();
         let (later, later_rx) = oneshot::channel();
-        let job = Box::new(SplitJob { f, result: None, now, later });
+        let job = Box::new(SplitJob { f, early, result: None, now, later });
         self.tx.send(job).await.map_err(|_| LedgerError::Closed)?;
         let a = now_rx.await.map_err(|_| LedgerError::Closed)??;
         Ok((a, Pending(later_rx)))

@@ -8,7 +8,7 @@ use common::*;
 use machina_core::plan::sha256_hex;
 use machina_core::{APP_VERSION, ManualClock};
 use machina_ledger::{
-    BUSY_TIMEOUT_MS, DedupKey, Durability, LEDGER_FILE, Ledger, LedgerError, SCHEMA_VERSION, Submission,
+    BUSY_TIMEOUT_MS, DedupKey, Durability, LEDGER_FILE, Ledger, LedgerError, NewRun, SCHEMA_VERSION, Submission,
 };
 use serde_json::json;
 
@@ -178,4 +178,32 @@ fn concurrent_first_opens_all_succeed() {
     for h in handles {
         h.join().unwrap().expect("a concurrent first open failed");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_answers_what_a_read_gives_back() {
+    // The submission's records are built from what it wrote, not read back: they must match.
+    let t = TestLedger::new();
+    let l = &t.ledger;
+    let inputs = json!({"words": ["a", "b"], "n": 1.5, "nested": {"k": [true, null]}});
+    let s = l.submit(None, Submission::Enqueue(new_intent(inputs), new_run("p", "demo", 3))).await.unwrap();
+    let (intent_id, run_id) = (body_id(&s.body["intent"]), body_id(&s.body["run"]));
+    let intent = serde_json::to_value(l.intent(&intent_id).await.unwrap()).unwrap();
+    assert_eq!(s.body["intent"], intent);
+    let detail = l.run_detail(&run_id).await.unwrap();
+    assert_eq!(s.body["run"], serde_json::to_value(&detail.run).unwrap());
+    // A run of an existing intent, and of a missing one.
+    let run2 = l.submit(None, Submission::Run(NewRun { intent_id, ..new_run("p", "demo", 1) })).await.unwrap();
+    let id2 = body_id(&run2.body);
+    assert_eq!(run2.body, serde_json::to_value(l.run_detail(&id2).await.unwrap().run).unwrap());
+    let missing = NewRun { intent_id: "no-such-intent".into(), ..new_run("p", "demo", 1) };
+    assert!(matches!(l.submit(None, Submission::Run(missing)).await, Err(LedgerError::NotFound { .. })));
+    // The first event of a run is number 1, and claiming it for compile continues the sequence.
+    l.claim_compile("c", LONG_LEASE).await.unwrap().expect("queued run");
+    let seqs: Vec<i64> = {
+        let db = raw(l);
+        let mut st = db.prepare("SELECT seq FROM events WHERE run_id = ?1 ORDER BY seq").unwrap();
+        st.query_map([&run_id], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(seqs, vec![1, 2, 3], "run_created, state_changed, step");
 }

@@ -140,9 +140,7 @@ pub(crate) async fn start_run(
     let intent = st.ledger.intent(&intent_id).await?;
     let new = body.value.check(&st, intent.id, &intent.inputs)?;
     let key = dedup_key(&st, &rid, body.request_sha256);
-    let submitted = st.ledger.submit(key, Submission::Run(new)).await?;
-    announce_submitted(&st, &submitted).await;
-    Ok(respond(submitted))
+    Ok(respond(submit_and_announce(&st, key, Submission::Run(new)).await?))
 }
 
 pub(crate) async fn enqueue(
@@ -162,7 +160,18 @@ async fn enqueue_checked(st: &AppState, e: Enqueue, key: Option<DedupKey>) -> Ap
         String::new(),
         &intent.inputs,
     )?;
-    let submitted = st.ledger.submit(key, Submission::Enqueue(intent, run)).await?;
+    submit_and_announce(st, key, Submission::Enqueue(intent, run)).await
+}
+
+/// Submit a run; wake the workers as soon as it is committed, while the disk confirms it,
+/// and answer (and log, and signal its state) once it is durable.
+async fn submit_and_announce(st: &AppState, key: Option<DedupKey>, s: Submission) -> ApiResult<Submitted> {
+    let (submitted, durable) = st.ledger.submit_early(key, s).await?;
+    let new_run = (!submitted.replayed).then(|| submitted.body.get("run").unwrap_or(&submitted.body));
+    if let (Some(bus), Some(id)) = (&st.bus, new_run.and_then(|r| r["id"].as_str())) {
+        let _ = machina_bus::signals::tasks_queued(bus, id, 1).await;
+    }
+    durable.await?;
     announce_submitted(st, &submitted).await;
     Ok(submitted)
 }
@@ -194,8 +203,7 @@ async fn announce_submitted(st: &AppState, s: &Submitted) {
             "run submitted"
         );
         if let Some(bus) = &st.bus {
-            // The wake-up first: a worker's start is what someone waits for.
-            let _ = machina_bus::signals::tasks_queued(bus, id, 1).await;
+            // (TasksQueued went out at COMMIT, see submit_and_announce.)
             let _ = machina_bus::signals::run_state_changed(bus, id, "queued").await;
         }
     }
