@@ -9,7 +9,7 @@ WORK=$(mktemp -d)
 trap 'kill $API 2>/dev/null; wait $API 2>/dev/null; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/config.d"
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/token"
-printf '[api]\ntoken_file = "%s/token"\n' "$WORK" > "$WORK/config.d/90-bench.toml"
+printf '[api]\ntoken_file = "%s/token"\n\n[bus]\naddress = "none"\n\n[ledger]\nsynchronous = "full"\n' "$WORK" > "$WORK/config.d/90-bench.toml"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 MACHINA_LOG=warn "$BIN/machina-api" --config-dir "$WORK/config.d" --state-dir "$WORK/state" --listen "127.0.0.1:$PORT" &
 API=$!
