@@ -272,3 +272,44 @@ async fn cancel_stops_a_waiting_run_and_metrics_count_it() {
     assert_eq!(health["ledger"]["journal_mode"], "wal");
     assert_eq!(health["ledger"]["durable_commits"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_refuses_a_sync_stops_the_api_with_a_clear_error() {
+    let s = start().await;
+    s.enqueue_demo(&["a"]).await;
+    // The WAL vanishing stands in for a failed fdatasync: the next write cannot be confirmed.
+    std::fs::remove_file(s.ledger.path().with_extension("db-wal")).unwrap();
+    let body = json!({"goal": "g", "inputs": {"words": ["b"]}, "recipe": "demo", "queuePartitionKey": "p1"});
+    let (st, v) = s.send(s.post("/enqueue").json(&body)).await;
+    assert_eq!((st, v["error"].as_str()), (503, Some("unavailable")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("must restart"), "{v}");
+    let (st, _) = s.send(s.http.get(s.url("/health"))).await;
+    assert_eq!(st, 503, "health fails once the ledger is poisoned");
+    // The supervisor stops the service (with an error) within its next tick.
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.shutdown.cancelled())
+        .await
+        .expect("the API stops itself when its ledger is poisoned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_ledger_is_poisoned_stops_with_an_error() {
+    let s = start().await;
+    let w = machina_worker::Worker::new("w1".into(), s.ledger.clone(), s.recipes(), s.settings.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(w.run(1, stop.clone()));
+    let run = s.enqueue_demo(&["a"]).await;
+    s.wait_status(&run, &["waiting_input", "succeeded"]).await;
+    std::fs::remove_file(s.ledger.path().with_extension("db-wal")).unwrap();
+    // The next submission cannot be confirmed (this test's API and worker share one ledger,
+    // as the threads of one process would): it is refused, and the worker's next write
+    // fails the same way, so it stops by itself, not told to, and says why.
+    let body = json!({"goal": "g", "inputs": {"words": ["b"]}, "recipe": "demo", "queuePartitionKey": "p1"});
+    assert_eq!(s.send(s.post("/enqueue").json(&body)).await.0, 503);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), running)
+        .await
+        .expect("the worker stops by itself")
+        .unwrap();
+    let err = out.expect_err("a poisoned ledger ends the worker with an error");
+    assert!(err.is_fatal(), "{err}");
+    assert!(!stop.is_cancelled());
+}
