@@ -40,7 +40,10 @@ pub(crate) struct WalLink {
     wake: Sender<Msg>,
     /// Frames in the WAL after the writer's last commit (from the WAL hook).
     frames: AtomicI64,
-    /// Frames copied by the checkpointer's last pass (of the WAL it saw then).
+    /// Frames in the WAL at the checkpointer's last complete pass, and how many it copied:
+    /// a pass over a longer WAL than the current one was over an earlier WAL (it has started
+    /// over since) and says nothing about this one.
+    pass_frames: AtomicI64,
     copied: AtomicI64,
     /// A pass the writer asked for has not finished yet.
     running: AtomicBool,
@@ -65,7 +68,11 @@ impl WalLink {
         if frames <= WAKE_FRAMES {
             return;
         }
-        if frames - self.copied.load(Ordering::Relaxed) > FINISH_FRAMES {
+        let copied = match (self.pass_frames.load(Ordering::Acquire), self.copied.load(Ordering::Acquire)) {
+            (seen, copied) if seen <= frames => copied,
+            _ => 0,
+        };
+        if frames - copied > FINISH_FRAMES {
             if !self.running.swap(true, Ordering::AcqRel) {
                 let _ = self.wake.send(Msg::Wake);
             }
@@ -74,7 +81,7 @@ impl WalLink {
         match checkpoint(conn, "PASSIVE") {
             Ok((0, n, done)) if n == done => self.frames.store(0, Ordering::Relaxed),
             Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "finishing checkpoint did not run; next batch"),
+            Err(e) => tracing::error!(error = %e, "checkpoint on the writer's connection failed; next batch"),
         }
     }
 }
@@ -91,6 +98,7 @@ impl Checkpointer {
         let link = Arc::new(WalLink {
             wake,
             frames: AtomicI64::new(0),
+            pass_frames: AtomicI64::new(0),
             copied: AtomicI64::new(0),
             running: AtomicBool::new(false),
         });
@@ -124,8 +132,13 @@ fn run(conn: Connection, rx: Receiver<Msg>, link: &WalLink) {
     {
         // (busy, wal frames, checkpointed frames); a busy result just means next time.
         match checkpoint(&conn, "PASSIVE") {
-            Ok((_, _, copied)) => link.copied.store(copied, Ordering::Relaxed),
-            Err(e) => tracing::warn!(error = %e, "background checkpoint failed; will retry"),
+            // A busy pass (another process checkpointing) reports -1: keep the last one.
+            Ok((0, frames, copied)) if frames >= 0 && copied >= 0 => {
+                link.copied.store(copied, Ordering::Release);
+                link.pass_frames.store(frames, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "background checkpoint failed; will retry"),
         }
         link.running.store(false, Ordering::Release);
     }

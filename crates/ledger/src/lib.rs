@@ -406,15 +406,19 @@ impl Ledger {
     }
 
     /// Approve a run's plan (optionally bound to the plan sha256 the approver reviewed).
+    ///
+    /// This and the other writes that create tasks (finish_compile, append_tasks, retry_run)
+    /// are seen by other connections only once on disk: a worker never runs a task that a
+    /// power cut could take back.
     pub async fn approve_plan(&self, run_id: &str, approver: &str, plan_sha256: Option<String>) -> Result<RunRecord> {
         let (id, who) = (run_id.to_string(), approver.to_string());
-        self.writer.write(move |c, now| runs::approve(c, &id, &who, plan_sha256.as_deref(), now)).await
+        self.writer.write_acked(Ack::Published, move |c, now| runs::approve(c, &id, &who, plan_sha256.as_deref(), now)).await
     }
 
     /// Retry a failed run from its failed step.
     pub async fn retry_run(&self, run_id: &str) -> Result<RunRecord> {
         let id = run_id.to_string();
-        self.writer.write(move |c, now| runs::retry(c, &id, now)).await
+        self.writer.write_acked(Ack::Published, move |c, now| runs::retry(c, &id, now)).await
     }
 
     /// Cancel a run that has not finished.
@@ -439,14 +443,16 @@ impl Ledger {
         let (id, owner, attempt) = (job.run.id.clone(), owner.to_string(), job.compile_attempt);
         let policy = self.retry.clone();
         self.writer
-            .write(move |c, now| runs::finish_compile(c, &id, &owner, attempt, outcome.clone(), &policy, now))
+            .write_acked(Ack::Published, move |c, now| {
+                runs::finish_compile(c, &id, &owner, attempt, outcome.clone(), &policy, now)
+            })
             .await
     }
 
     /// Add tasks to an executing run; their keys follow the same rule as a plan's.
     pub async fn append_tasks(&self, run_id: &str, specs: Vec<machina_core::TaskSpec>) -> Result<usize> {
         let id = run_id.to_string();
-        self.writer.write(move |c, now| runs::append_tasks(c, &id, &specs, now)).await
+        self.writer.write_acked(Ack::Published, move |c, now| runs::append_tasks(c, &id, &specs, now)).await
     }
 
     /// Claim one runnable task under a lease of `lease_ms`. Answered once the claim is

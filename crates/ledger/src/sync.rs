@@ -78,35 +78,34 @@ impl Poison {
     }
 }
 
-/// The WAL file, opened by path for syncing (an fd of the same inode as SQLite's).
+/// The WAL file, opened for syncing when the ledger opens (an fd of the inode SQLite writes).
+///
+/// Opened once, before the first commit it syncs: Linux reports a writeback error to the
+/// file descriptors open when it happened, so an fd opened later could be told "ok" about
+/// frames that never reached the disk.
 pub(crate) struct WalFile {
     path: PathBuf,
-    file: Option<File>,
+    file: File,
 }
 
 impl WalFile {
-    pub(crate) fn new(db_path: &std::path::Path) -> Self {
+    pub(crate) fn open(db_path: &std::path::Path) -> Result<Self> {
         let mut p = db_path.as_os_str().to_owned();
         p.push("-wal");
-        Self { path: p.into(), file: None }
+        let path = PathBuf::from(p);
+        let file = File::open(&path)
+            .map_err(|e| LedgerError::Io(format!("cannot open the ledger's WAL {} for syncing: {e}", path.display())))?;
+        Ok(Self { path, file })
     }
 
-    /// `fdatasync` the WAL. Reopens it if the file this fd names was deleted (SQLite removes
-    /// the WAL when the last connection of all processes closes; ours stays open, so only an
-    /// outside tool could do that).
+    /// `fdatasync` the WAL. A WAL that was removed (only an outside tool does that while a
+    /// connection is open) cannot be synced any more: SQLite goes on writing the removed
+    /// file, so nothing it writes can be confirmed.
     fn sync(&mut self) -> std::io::Result<()> {
-        if let Some(f) = &self.file
-            && f.metadata()?.nlink() == 0
-        {
-            self.file = None;
+        if self.file.metadata()?.nlink() == 0 {
+            return Err(std::io::Error::other("the WAL file was removed while the ledger was open"));
         }
-        if self.file.is_none() {
-            self.file = Some(File::open(&self.path)?);
-        }
-        match &self.file {
-            Some(f) => f.sync_data(),
-            None => Ok(()),
-        }
+        self.file.sync_data()
     }
 
     /// Sync and release `held`; a failure poisons the ledger.
@@ -145,7 +144,7 @@ impl Syncer {
     pub(crate) fn spawn(db_path: &std::path::Path, poison: Arc<Poison>, counters: Arc<Counters>) -> Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Box<dyn Held>>>();
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let mut wal = WalFile::new(db_path);
+        let mut wal = WalFile::open(db_path)?;
         let count = in_flight.clone();
         let thread = std::thread::Builder::new()
             .name("ledger-sync".into())

@@ -24,12 +24,18 @@ const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 /// Jobs waiting for the writer before senders wait too.
 pub const QUEUE_DEPTH: usize = 4096;
 
-/// When a job's result may be handed back.
+/// When a job's result may be handed back, and when its commit may be seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ack {
-    /// Once the commit is on disk: every write a client is told has happened.
+    /// Answered once the commit is on disk; other connections may see it a moment before.
     Durable,
-    /// Once the commit is visible: claims, whose loss to a power cut loses their holder too.
+    /// Seen by others only once on disk, then answered: commits that create work a worker
+    /// may act on outside the ledger (a plan's tasks, appended tasks, a retried run's tasks),
+    /// so no task runs that a power cut could then take back. Its batch commits with SQLite's
+    /// own `synchronous = FULL`.
+    Published,
+    /// Answered once the commit is visible: claims, whose loss to a power cut loses their
+    /// holder too.
     Committed,
 }
 
@@ -59,6 +65,10 @@ trait Job: Send {
     fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>>;
     /// Whether part of its result is handed back at COMMIT (its client may soon send again).
     fn early(&self) -> bool;
+    /// Whether its commit must be durable before anyone sees it ([`Ack::Published`]).
+    fn published(&self) -> bool {
+        false
+    }
     /// The job could not run at all.
     fn fail(self: Box<Self>, err: LedgerError);
     /// The error of its last run, if it failed.
@@ -95,7 +105,7 @@ where
 
     fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>> {
         match (outcome(commit_err, self.result), self.ack) {
-            (Ok(value), Ack::Durable) => Some(Box::new(HeldValue { value, reply: self.reply })),
+            (Ok(value), Ack::Durable | Ack::Published) => Some(Box::new(HeldValue { value, reply: self.reply })),
             (other, _) => {
                 self.reply.send(other);
                 None
@@ -105,6 +115,10 @@ where
 
     fn early(&self) -> bool {
         self.ack == Ack::Committed
+    }
+
+    fn published(&self) -> bool {
+        self.ack == Ack::Published
     }
 
     fn fail(self: Box<Self>, err: LedgerError) {
@@ -225,7 +239,7 @@ impl WriterHandle {
         let disk = match durability {
             Durability::Full => Some(Disk {
                 syncer: Syncer::spawn(db_path, poison.clone(), counters.clone())?,
-                wal: WalFile::new(db_path),
+                wal: WalFile::open(db_path)?,
                 poison: poison.clone(),
             }),
             Durability::Normal => None,
@@ -344,8 +358,22 @@ fn run(
         counters.transactions.fetch_add(1, Ordering::Relaxed);
         counters.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let early = batch.iter().any(|j| j.early());
+        // SQLite syncs a published batch itself, before anyone can see it.
+        let published = disk.is_some() && batch.iter().any(|j| j.published());
+        if published && let Err(e) = exec_cached(&conn, "PRAGMA synchronous = FULL") {
+            let err = LedgerError::from(e);
+            batch.drain(..).for_each(|job| job.fail(err.clone()));
+            continue;
+        }
         let held = commit_batch(&conn, &mut batch, clock.now_ms());
-        settle(held, early, rx.is_empty(), disk.as_mut(), counters);
+        if published {
+            if let Err(e) = exec_cached(&conn, "PRAGMA synchronous = NORMAL") {
+                tracing::warn!(error = %e, "ledger writer: cannot return to synchronous = NORMAL");
+            }
+            held.into_iter().for_each(|h| h.release(None));
+        } else {
+            settle(held, early, rx.is_empty(), disk.as_mut(), counters);
+        }
         wal.finish(&conn);
     }
     tracing::debug!("ledger writer: all handles dropped, exiting");

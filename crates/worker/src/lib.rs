@@ -129,6 +129,10 @@ impl Worker {
         // poll tick takes care of them).
         let mut signalled = false;
         while !shutdown.is_cancelled() {
+            // Another slot's write found the disk refusing a sync: stop too, idle or not.
+            if self.ledger.poisoned().is_some() {
+                break;
+            }
             // Armed before looking for work, so a wake-up between the look and the wait is kept.
             let woken = self.wake.notified();
             tokio::pin!(woken);
@@ -414,7 +418,11 @@ where
     let mut pause = Duration::from_millis(50);
     loop {
         match op().await {
-            Err(e) if e.kind() == machina_core::ErrorKind::Unavailable && Instant::now() + pause < deadline => {
+            Err(e)
+                if e.kind() == machina_core::ErrorKind::Unavailable
+                    && !e.is_fatal()
+                    && Instant::now() + pause < deadline =>
+            {
                 tracing::warn!(error = %e, "ledger unavailable; retrying the commit");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
