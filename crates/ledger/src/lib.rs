@@ -412,7 +412,9 @@ impl Ledger {
     /// power cut could take back.
     pub async fn approve_plan(&self, run_id: &str, approver: &str, plan_sha256: Option<String>) -> Result<RunRecord> {
         let (id, who) = (run_id.to_string(), approver.to_string());
-        self.writer.write_acked(Ack::Published, move |c, now| runs::approve(c, &id, &who, plan_sha256.as_deref(), now)).await
+        self.writer
+            .write_acked(Ack::Published, move |c, now| runs::approve(c, &id, &who, plan_sha256.as_deref(), now))
+            .await
     }
 
     /// Retry a failed run from its failed step.

@@ -93,8 +93,9 @@ impl WalFile {
         let mut p = db_path.as_os_str().to_owned();
         p.push("-wal");
         let path = PathBuf::from(p);
-        let file = File::open(&path)
-            .map_err(|e| LedgerError::Io(format!("cannot open the ledger's WAL {} for syncing: {e}", path.display())))?;
+        let file = File::open(&path).map_err(|e| {
+            LedgerError::Io(format!("cannot open the ledger's WAL {} for syncing: {e}", path.display()))
+        })?;
         Ok(Self { path, file })
     }
 
