@@ -82,6 +82,21 @@ struct WriteJob<F, T> {
     ack: Ack,
 }
 
+/// Keep a job's result; returns whether it failed.
+fn keep<T>(res: Result<T>, slot: &mut Option<Result<T>>) -> bool {
+    let failed = res.is_err();
+    *slot = Some(res);
+    failed
+}
+
+/// The error of a job's last run, if it failed.
+fn error_of<T>(result: &Option<Result<T>>) -> Option<LedgerError> {
+    match result {
+        Some(Err(e)) => Some(e.clone()),
+        _ => None,
+    }
+}
+
 /// The outcome of a job's last run, or of its transaction.
 fn outcome<T>(commit_err: Option<&LedgerError>, result: Option<Result<T>>) -> Result<T> {
     match (commit_err, result) {
@@ -97,10 +112,7 @@ where
     F: Fn(&Connection, i64) -> Result<T> + Send + 'static,
 {
     fn run(&mut self, conn: &Connection, now: i64) -> bool {
-        let res = (self.f)(conn, now);
-        let failed = res.is_err();
-        self.result = Some(res);
-        failed
+        keep((self.f)(conn, now), &mut self.result)
     }
 
     fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>> {
@@ -126,10 +138,7 @@ where
     }
 
     fn error(&self) -> Option<LedgerError> {
-        match &self.result {
-            Some(Err(e)) => Some(e.clone()),
-            _ => None,
-        }
+        error_of(&self.result)
     }
 }
 
@@ -151,10 +160,7 @@ where
     F: Fn(&Connection, i64) -> Result<(A, B)> + Send + 'static,
 {
     fn run(&mut self, conn: &Connection, now: i64) -> bool {
-        let res = (self.f)(conn, now);
-        let failed = res.is_err();
-        self.result = Some(res);
-        failed
+        keep((self.f)(conn, now), &mut self.result)
     }
 
     fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>> {
@@ -181,10 +187,7 @@ where
     }
 
     fn error(&self) -> Option<LedgerError> {
-        match &self.result {
-            Some(Err(e)) => Some(e.clone()),
-            _ => None,
-        }
+        error_of(&self.result)
     }
 }
 
