@@ -66,6 +66,13 @@ pub(crate) fn event_seq_taken(c: &Connection, run_id: &str, kind: &str, data: Va
     Ok(())
 }
 
+/// Append an event under a sequence number the caller knows (it set `event_seq` itself).
+fn event_at(c: &Connection, run_id: &str, seq: i64, kind: &str, data: Value, now: i64) -> Result<()> {
+    c.prepare_cached("INSERT INTO events(run_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![run_id, seq, kind, data.to_string(), now])?;
+    Ok(())
+}
+
 pub(crate) struct StepRow<'a> {
     pub step: Step,
     pub outcome: StepOutcome,
@@ -74,36 +81,50 @@ pub(crate) struct StepRow<'a> {
 }
 
 pub(crate) fn record_step(c: &Connection, run: &RunRecord, s: StepRow<'_>, now: i64) -> Result<()> {
-    c.prepare_cached(
-        "INSERT INTO run_steps(run_id, step, outcome, generation, err_code, detail, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![run.id, s.step.as_str(), s.outcome.as_str(), run.generation, s.err_code, s.detail, now])?;
+    insert_step(c, run, &s, now)?;
     c.prepare_cached("UPDATE runs SET last_step = ?2, updated_at = ?3 WHERE id = ?1")?.execute(params![
         run.id,
         s.step.as_str(),
         now
     ])?;
-    event(
-        c,
-        &run.id,
-        "step",
-        json!({"step": s.step, "outcome": s.outcome, "errCode": s.err_code, "detail": s.detail}),
-        now,
-    )?;
+    event(c, &run.id, "step", step_data(&s), now)
+}
+
+/// The append-only `run_steps` row of a step (the run's `last_step` is the caller's).
+fn insert_step(c: &Connection, run: &RunRecord, s: &StepRow<'_>, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO run_steps(run_id, step, outcome, generation, err_code, detail, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![run.id, s.step.as_str(), s.outcome.as_str(), run.generation, s.err_code, s.detail, now])?;
     Ok(())
+}
+
+/// The `step` event's data.
+fn step_data(s: &StepRow<'_>) -> Value {
+    json!({"step": s.step, "outcome": s.outcome, "errCode": s.err_code, "detail": s.detail})
+}
+
+/// Refuse a move the state machine does not allow.
+fn check_transition(run: &RunRecord, to: RunStatus) -> Result<()> {
+    if run.status.can_become(to) {
+        return Ok(());
+    }
+    Err(LedgerError::IllegalState(format!("run {} cannot go from {} to {to}", run.id, run.status)))
+}
+
+fn changed_concurrently(run_id: &str) -> LedgerError {
+    LedgerError::Conflict(format!("run {run_id} changed state concurrently"))
 }
 
 /// Move `run` to `to`, checking the state machine and that nobody moved it meanwhile.
 pub(crate) fn transition(c: &Connection, run: &mut RunRecord, to: RunStatus, now: i64) -> Result<()> {
-    if !run.status.can_become(to) {
-        return Err(LedgerError::IllegalState(format!("run {} cannot go from {} to {to}", run.id, run.status)));
-    }
+    check_transition(run, to)?;
     let n = c
         .prepare_cached("UPDATE runs SET status = ?3, updated_at = ?4 WHERE id = ?1 AND status = ?2")?
         .execute(params![run.id, run.status.as_str(), to.as_str(), now])?;
     if n != 1 {
-        return Err(LedgerError::Conflict(format!("run {} changed state concurrently", run.id)));
+        return Err(changed_concurrently(&run.id));
     }
     event(c, &run.id, "state_changed", json!({"from": run.status, "to": to}), now)?;
     run.status = to;
@@ -157,9 +178,7 @@ pub(crate) fn start_run(c: &Connection, r: NewRun, intent_known: bool, now: i64)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, 1)",
     )?
     .execute(params![id, r.intent_id, r.recipe, r.partition_key, r.workload.to_string(), r.concurrency, now])?;
-    let created = json!({"recipe": r.recipe, "queuePartitionKey": r.partition_key});
-    c.prepare_cached("INSERT INTO events(run_id, seq, kind, data, at) VALUES (?1, 1, 'run_created', ?2, ?3)")?
-        .execute(params![id, created.to_string(), now])?;
+    event_at(c, &id, 1, "run_created", json!({"recipe": r.recipe, "queuePartitionKey": r.partition_key}), now)?;
     Ok(RunRecord {
         id,
         intent_id: r.intent_id,
@@ -198,9 +217,7 @@ pub(crate) fn claim_compile(
         .optional()?;
     let Some(id) = id else { return Ok(None) };
     let mut run = load_run(c, &id)?;
-    if !run.status.can_become(RunStatus::Compiling) {
-        return Err(LedgerError::IllegalState(format!("run {id} cannot go from {} to compiling", run.status)));
-    }
+    check_transition(&run, RunStatus::Compiling)?;
     // One UPDATE for what transition(), the lease and record_step() would write in four
     // (this is the path from a submission to its start): the state, the lease, the step, and
     // the two event numbers the two events below take.
@@ -216,21 +233,18 @@ pub(crate) fn claim_compile(
             1 => Ok(c
                 .prepare_cached("SELECT compile_attempt, event_seq FROM runs WHERE id = ?1")?
                 .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?),
-            _ => Err(LedgerError::Conflict(format!("run {id} changed state concurrently"))),
+            _ => Err(changed_concurrently(&id)),
         })?;
-    let mut insert_event =
-        c.prepare_cached("INSERT INTO events(run_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-    let changed = json!({"from": run.status, "to": RunStatus::Compiling});
-    insert_event.execute(params![id, seq - 1, "state_changed", changed.to_string(), now])?;
+    event_at(c, &id, seq - 1, "state_changed", json!({"from": run.status, "to": RunStatus::Compiling}), now)?;
     run.status = RunStatus::Compiling;
-    let detail = format!("by {owner}");
-    c.prepare_cached(
-        "INSERT INTO run_steps(run_id, step, outcome, generation, err_code, detail, at)
-         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
-    )?
-    .execute(params![id, Step::Compile.as_str(), StepOutcome::Started.as_str(), run.generation, detail, now])?;
-    let step = json!({"step": Step::Compile, "outcome": StepOutcome::Started, "errCode": null, "detail": detail});
-    insert_event.execute(params![id, seq, "step", step.to_string(), now])?;
+    let step = StepRow {
+        step: Step::Compile,
+        outcome: StepOutcome::Started,
+        err_code: None,
+        detail: Some(format!("by {owner}")),
+    };
+    insert_step(c, &run, &step, now)?;
+    event_at(c, &id, seq, "step", step_data(&step), now)?;
     let intent = load_intent(c, &run.intent_id)?;
     let rivals = crate::arbitration::rivals(c, &run)?;
     Ok(Some(crate::model::CompileJob { run, intent, compile_attempt: attempt, rivals }))
