@@ -70,14 +70,56 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 ///
 /// The same task of the same run always gets the same key, so a task re-run after a
 /// crash is recognised, and its tools can deduplicate side effects by it.
+///
+/// Written straight into the hash, fields in sorted order, so that it equals
+/// `sha256(canonical_json({"intent", "run", "step", "task"}))` without building a JSON value
+/// (the ledger computes one per task it inserts; a test checks the two agree).
 pub fn task_key(intent_id: &str, run_id: &str, step: Step, spec: &TaskSpec) -> String {
-    let value = serde_json::json!({
-        "intent": intent_id,
-        "run": run_id,
-        "step": step.as_str(),
-        "task": spec,
-    });
-    sha256_hex(&canonical_json(&value))
+    // Exhaustive, so a new field of TaskSpec cannot be left out of the key by accident.
+    let TaskSpec { name, tool, argv, timeout_secs, lease } = spec;
+    let input = KeyInput {
+        intent: intent_id,
+        run: run_id,
+        step: step.as_str(),
+        task: SortedSpec { argv, lease: lease.as_deref(), name, timeout_secs: *timeout_secs, tool },
+    };
+    let mut hasher = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut hasher, &input).expect("a task key's input serializes");
+    hex::encode(hasher.0.finalize())
+}
+
+/// What a task key hashes, fields in canonical (sorted) order.
+#[derive(Serialize)]
+struct KeyInput<'a> {
+    intent: &'a str,
+    run: &'a str,
+    step: &'a str,
+    task: SortedSpec<'a>,
+}
+
+/// A [`TaskSpec`] with its fields in sorted order, serialized as the spec itself is.
+#[derive(Serialize)]
+struct SortedSpec<'a> {
+    argv: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<&'a str>,
+    name: &'a str,
+    timeout_secs: u64,
+    tool: &'a str,
+}
+
+/// Feeds serialized bytes into a hash.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +144,32 @@ mod tests {
         assert_ne!(a, task_key("i1", "r2", Step::Execute, &spec("a")));
         assert_ne!(a, task_key("i2", "r1", Step::Execute, &spec("a")));
         assert_ne!(a, task_key("i1", "r1", Step::Execute, &spec("b")));
+    }
+
+    /// The reference definition: sha256 of the canonical JSON of the key's input.
+    fn task_key_by_value(intent_id: &str, run_id: &str, step: Step, spec: &TaskSpec) -> String {
+        let value = serde_json::json!({"intent": intent_id, "run": run_id, "step": step.as_str(), "task": spec});
+        sha256_hex(&canonical_json(&value))
+    }
+
+    #[test]
+    fn task_key_equals_the_hash_of_the_canonical_json() {
+        let mut odd = spec("näme \"quoted\" \u{1F600} \\ / \n\t");
+        odd.argv = vec!["/bin/echo".into(), "".into(), "a\u{0}b".into(), "ünï".into()];
+        odd.timeout_secs = u64::MAX;
+        let mut leased = spec("leased");
+        leased.lease = Some("tok-\u{e9}".into());
+        for (i, s) in [spec("a"), odd, leased].iter().enumerate() {
+            for step in [Step::Compile, Step::Execute] {
+                let (intent, run) = (format!("intent-{i}"), format!("run-\"{i}\""));
+                assert_eq!(task_key(&intent, &run, step, s), task_key_by_value(&intent, &run, step, s), "{s:?}");
+            }
+        }
+        // The key of a fixed task never changes (tasks in existing ledgers keep theirs).
+        assert_eq!(
+            task_key("i1", "r1", Step::Execute, &spec("a")),
+            "5c7b4aa727d95ae7c84f352c6cccdb72a2c6a7cdbdab8b4eef8d5af6acc30858"
+        );
     }
 
     #[test]
