@@ -31,6 +31,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0005_nonces.sql"),
     include_str!("../migrations/0006_permission_leases.sql"),
     include_str!("../migrations/0007_arbitration.sql"),
+    include_str!("../migrations/0008_task_publication.sql"),
 ];
 
 /// Schema version this build writes.
@@ -106,7 +107,17 @@ pub(crate) fn read_pragmas(conn: &Connection, durability: Durability) -> Result<
 /// transaction, tracked by `PRAGMA user_version`; several processes starting
 /// at once serialize on the write lock and the later ones find nothing to do.
 /// (Hand-rolled: rusqlite_migration has no release for rusqlite 0.41.)
+///
+/// Foreign keys are off while migrations run (a migration may rebuild a table that others
+/// reference, which SQLite allows only so) and checked as a whole before COMMIT.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path, app_version: &str) -> Result<()> {
+    conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+    let migrated = migrate_unchecked(conn, path, app_version);
+    conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    migrated
+}
+
+fn migrate_unchecked(conn: &mut Connection, path: &Path, app_version: &str) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
@@ -117,6 +128,13 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, app_version: &str) -> 
             .map_err(|e| LedgerError::Db(format!("{}: migration {:04} failed: {e}", path.display(), i + 1)))?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
+    let dangling: i64 = tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+    if dangling > 0 {
+        return Err(LedgerError::Db(format!(
+            "{}: {dangling} rows violate foreign keys after migrating to schema {SCHEMA_VERSION}; nothing was changed",
+            path.display()
+        )));
+    }
     for (key, value) in [("schema_version", SCHEMA_VERSION.to_string()), ("app_version", app_version.to_string())] {
         tx.execute(
             "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -125,4 +143,94 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path, app_version: &str) -> 
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ledger left at schema 7 (task keys unique on their own) with a run, two tasks and an
+    /// attempt of one of them.
+    fn schema_7(path: &Path) -> Connection {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        for sql in &MIGRATION_SQL[..7] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute_batch(
+            "PRAGMA user_version = 7;
+             INSERT INTO intents VALUES ('i1', 'goal', '{}', '{}', 1);
+             INSERT INTO partitions(key) VALUES ('p');
+             INSERT INTO runs(id, intent_id, recipe, partition_key, workload, concurrency, status, created_at, updated_at,
+                              task_count, queued_tasks, pending_tasks)
+                 VALUES ('r1', 'i1', 'demo', 'p', '{}', 1, 'executing', 1, 1, 2, 1, 2);
+             INSERT INTO tasks(id, task_key, run_id, idx, partition_key, spec, status, attempt, lease_owner, created_at, updated_at)
+                 VALUES (1, printf('%064d', 1), 'r1', 0, 'p', '{\"name\":\"a\"}', 'leased', 1, 'w', 1, 1),
+                        (2, printf('%064d', 2), 'r1', 1, 'p', '{\"name\":\"b\"}', 'queued', 0, NULL, 1, 1);
+             INSERT INTO attempts(task_id, task_key, attempt, owner, outcome, wall_ms, ended_at)
+                 VALUES (1, printf('%064d', 1), 1, 'w', 'failed', 5, 2);",
+        )
+        .unwrap();
+        c
+    }
+
+    #[test]
+    fn migrating_a_schema_7_ledger_keeps_its_tasks_and_their_key_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        drop(schema_7(&path));
+        let mut c = open_connection(&path).unwrap();
+        migrate(&mut c, &path, "test").unwrap();
+        assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), SCHEMA_VERSION);
+        assert_eq!(c.query_row("PRAGMA foreign_keys", [], |r| r.get::<_, i64>(0)).unwrap(), 1, "back on");
+        let tasks: Vec<(i64, String, String, i64)> = c
+            .prepare("SELECT id, name, status, pub_seq FROM tasks ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(tasks, vec![(1, "a".into(), "leased".into(), 0), (2, "b".into(), "queued".into(), 0)]);
+        // Attempts still point at their task, and deleting it is still refused while its run runs.
+        assert_eq!(
+            c.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get::<_, i64>(0)).unwrap(),
+            0
+        );
+        let err = c.execute("DELETE FROM attempts", []).unwrap_err().to_string();
+        assert!(err.contains("append-only"), "{err}");
+        // A second task under an existing key in the same run is refused; published tasks are claimable.
+        let dup = c
+            .execute(
+                "INSERT INTO tasks(task_key, run_id, idx, name, partition_key, spec, status, created_at, updated_at)
+                 VALUES (printf('%064d', 2), 'r1', 2, 'b', 'p', '{}', 'queued', 1, 1)",
+                [],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(dup.contains("UNIQUE"), "{dup}");
+        assert_eq!(
+            c.query_row("SELECT staged_seq, durable_seq FROM publication", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap(),
+            (0i64, 0i64)
+        );
+    }
+
+    #[test]
+    fn a_migration_that_leaves_dangling_references_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let c = schema_7(&path);
+        // An attempt of a task that does not exist (foreign keys were off when it was written).
+        c.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO attempts(task_id, task_key, attempt, owner, outcome, wall_ms, ended_at)
+             VALUES (99, printf('%064d', 9), 1, 'w', 'failed', 5, 2);",
+        )
+        .unwrap();
+        drop(c);
+        let mut c = open_connection(&path).unwrap();
+        let err = migrate(&mut c, &path, "test").unwrap_err().to_string();
+        assert!(err.contains("violate foreign keys"), "{err}");
+        assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), 7, "rolled back");
+        assert_eq!(c.query_row("PRAGMA foreign_keys", [], |r| r.get::<_, i64>(0)).unwrap(), 1);
+    }
 }

@@ -12,6 +12,7 @@
 //! execution (it re-plans the ordered scan for each new value); the CAST keeps the
 //! cached plan, which is the same index seek. This halves the writer's CPU per task.
 
+mod appends;
 mod arbitration;
 mod artifacts;
 mod checkpoint;
@@ -22,6 +23,7 @@ mod fleet;
 mod maintain;
 mod model;
 mod permissions;
+mod publication;
 mod queries;
 mod runs;
 mod sync;
@@ -142,6 +144,7 @@ impl Ledger {
             .map_err(|e| LedgerError::Io(format!("cannot create state directory {}: {e}", opts.state_dir.display())))?;
         let path = opts.state_dir.join(LEDGER_FILE);
         let conn = Self::open_migrated(&path)?;
+        publication::repair_at_open(&conn, &path, opts.durability)?;
         let artifacts = ArtifactStore::open(&opts.state_dir.join(ARTIFACTS_DIR))?;
         let pragmas = db::read_pragmas(&conn, opts.durability)?;
         let checkpointer = checkpoint::Checkpointer::spawn(db::open_connection(&path)?)
@@ -453,15 +456,36 @@ impl Ledger {
 
     /// Add tasks to an executing run; their keys follow the same rule as a plan's.
     pub async fn append_tasks(&self, run_id: &str, specs: Vec<machina_core::TaskSpec>) -> Result<usize> {
-        let id = run_id.to_string();
-        self.writer.write_acked(Ack::Published, move |c, now| runs::append_tasks(c, &id, &specs, now)).await
+        self.writer.append(run_id.to_string(), specs).await
     }
 
     /// Claim one runnable task under a lease of `lease_ms`. Answered once the claim is
     /// committed, before it is on disk (a claim lost to a power cut loses its holder too).
     pub async fn claim_task(&self, owner: &str, lease_ms: i64) -> Result<Option<ClaimedTask>> {
         let owner = owner.to_string();
-        self.writer.write_acked(Ack::Committed, move |c, now| tasks::claim(c, &owner, lease_ms, now)).await
+        let task =
+            self.writer.write_acked(Ack::Committed, move |c, now| tasks::claim(c, &owner, lease_ms, now)).await?;
+        if let Some(t) = &task {
+            self.published(t).await?;
+        }
+        Ok(task)
+    }
+
+    /// A claimed task may start once its creation is on disk: when nobody has published it
+    /// yet, after a sync that began after the claim (see publication.rs).
+    async fn published(&self, t: &ClaimedTask) -> Result<()> {
+        match t.unpublished {
+            Some(seq) => self.writer.barrier(seq).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`published`](Self::published) for any claimed work.
+    async fn work_published(&self, work: Option<Work>) -> Result<Option<Work>> {
+        if let Some(Work::Task(t)) = &work {
+            self.published(t).await?;
+        }
+        Ok(work)
     }
 
     /// Extend a lease; rejected (StaleLease) unless the caller still holds it.
@@ -482,7 +506,8 @@ impl Ledger {
     /// Answered once committed, like [`claim_task`](Self::claim_task).
     pub async fn claim_work(&self, owner: &str, lease_ms: i64) -> Result<Option<Work>> {
         let owner = owner.to_string();
-        self.writer.write_acked(Ack::Committed, move |c, now| claim_work(c, &owner, lease_ms, now)).await
+        let work = self.writer.write_acked(Ack::Committed, move |c, now| claim_work(c, &owner, lease_ms, now)).await?;
+        self.work_published(work).await
     }
 
     /// Commit an attempt's outcome and claim the owner's next work in the same
@@ -497,12 +522,14 @@ impl Ledger {
     ) -> Result<(Option<Work>, Pending<Completion>)> {
         let policy = self.retry.clone();
         let jitter = RetryPolicy::random_jitter();
-        self.writer
+        let (work, done) = self
+            .writer
             .write_split(true, move |c, now| {
                 let done = tasks::complete(c, &report, &policy, jitter, now)?;
                 Ok((claim_work(c, &report.owner, lease_ms, now)?, done))
             })
-            .await
+            .await?;
+        Ok((self.work_published(work).await?, done))
     }
 
     /// Give back a claimed task that was not started (shutdown), without using up a retry.

@@ -235,6 +235,9 @@ pub struct ClaimedTask {
     pub spec: TaskSpec,
     /// Lease expiry.
     pub lease_expires_at: i64,
+    /// Its staged sequence if its creation was not known to be on disk when claimed
+    /// (the ledger then syncs before handing it out; see publication.rs).
+    pub(crate) unpublished: Option<i64>,
 }
 
 /// A run handed to a worker for CompileST.

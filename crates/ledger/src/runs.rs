@@ -384,7 +384,7 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     .execute(params![run.id, approver, now])?;
     let detail = Some(format!("approved by {approver}"));
     record_step(c, run, StepRow { step: Step::Decide, outcome: StepOutcome::Succeeded, err_code: None, detail }, now)?;
-    insert_tasks(c, &run_keys(c, &run.id)?, &plan.tasks, now)?;
+    insert_tasks(c, &run_keys(c, &run.id)?, plan.tasks.iter(), now)?;
     transition(c, run, RunStatus::Executing, now)?;
     record_step(
         c,
@@ -396,34 +396,41 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     Ok(())
 }
 
-/// Insert `specs` as queued tasks after the run's existing ones, keeping its counters.
-fn insert_tasks(c: &Connection, run: &RunKeys, specs: &[TaskSpec], now: i64) -> Result<()> {
-    let n = specs.len() as i64;
-    let first_idx = run.task_count;
-    c.prepare_cached(
-        "UPDATE runs SET task_count = task_count + ?2, queued_tasks = queued_tasks + ?2,
-         pending_tasks = pending_tasks + ?2 WHERE id = ?1",
-    )?
-    .execute(params![run.id, n])?;
+/// Insert `specs` as queued tasks after the run's existing ones, keeping its counters;
+/// returns how many.
+fn insert_tasks<'a>(
+    c: &Connection,
+    run: &RunKeys,
+    specs: impl IntoIterator<Item = &'a TaskSpec>,
+    now: i64,
+) -> Result<i64> {
+    // Claimable once published (publication.rs): only Ack::Published jobs insert tasks.
     let mut insert = c.prepare_cached(
-        "INSERT INTO tasks(task_key, run_id, idx, partition_key, spec, status, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
+        "INSERT INTO tasks(task_key, run_id, idx, name, partition_key, spec, status, created_at, updated_at, pub_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, (SELECT staged_seq FROM publication WHERE id = 1))",
     )?;
-    for (i, spec) in specs.iter().enumerate() {
+    let mut idx = run.task_count;
+    for spec in specs {
         let key = task_key(&run.intent_id, &run.id, Step::Execute, spec);
         insert
-            .execute(params![key, run.id, first_idx + i as i64, run.partition_key, serde_json::to_string(spec)?, now])
+            .execute(params![key, run.id, idx, spec.name, run.partition_key, serde_json::to_string(spec)?, now])
             .map_err(|e| match LedgerError::from(e) {
                 LedgerError::Db(m) if m.contains("UNIQUE") => {
                     LedgerError::Conflict(format!("task key {key} is already committed"))
                 }
                 other => other,
             })?;
+        idx += 1;
     }
-    Ok(())
+    let n = idx - run.task_count;
+    c.prepare_cached(
+        "UPDATE runs SET task_count = task_count + ?2, queued_tasks = queued_tasks + ?2,
+         pending_tasks = pending_tasks + ?2 WHERE id = ?1",
+    )?
+    .execute(params![run.id, n])?;
+    Ok(n)
 }
 
-/// Add tasks to an executing run (dynamic fan-out; also what the benchmarks enqueue).
 /// What adding tasks needs to know of a run (read without decoding the whole record).
 pub(crate) struct RunKeys {
     id: String,
@@ -448,7 +455,9 @@ fn run_keys(c: &Connection, run_id: &str) -> Result<RunKeys> {
         .ok_or_else(|| LedgerError::not_found("run", run_id))
 }
 
-pub(crate) fn append_tasks(c: &Connection, run_id: &str, specs: &[TaskSpec], now: i64) -> Result<usize> {
+/// Add the tasks of one or more appends to an executing run (in order, under one
+/// `tasks_queued` event); returns how many each append added.
+pub(crate) fn append_tasks(c: &Connection, run_id: &str, appends: &[&[TaskSpec]], now: i64) -> Result<Vec<usize>> {
     let run = run_keys(c, run_id)?;
     if run.status != RunStatus::Executing {
         return Err(LedgerError::IllegalState(format!(
@@ -456,9 +465,9 @@ pub(crate) fn append_tasks(c: &Connection, run_id: &str, specs: &[TaskSpec], now
             run.status
         )));
     }
-    insert_tasks(c, &run, specs, now)?;
-    event(c, run_id, "tasks_queued", json!({"count": specs.len()}), now)?;
-    Ok(specs.len())
+    let added = insert_tasks(c, &run, appends.iter().flat_map(|a| a.iter()), now)?;
+    event(c, run_id, "tasks_queued", json!({"count": added}), now)?;
+    Ok(appends.iter().map(|a| a.len()).collect())
 }
 
 /// RetryRun: resume a failed run from its failed step, under the same id.
@@ -486,7 +495,8 @@ pub(crate) fn retry(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord>
     if run.last_step == Some(Step::Execute) {
         let n = c
             .prepare_cached(
-                "UPDATE tasks SET status = 'queued', budget_base = attempt, not_before = 0, updated_at = ?2
+                "UPDATE tasks SET status = 'queued', budget_base = attempt, not_before = 0, updated_at = ?2,
+                 pub_seq = (SELECT staged_seq FROM publication WHERE id = 1)
                  WHERE run_id = ?1 AND status IN ('failed', 'canceled')",
             )?
             .execute(params![run_id, now])?;

@@ -102,7 +102,7 @@ impl WalFile {
     /// `fdatasync` the WAL. A WAL that was removed (only an outside tool does that while a
     /// connection is open) cannot be synced any more: SQLite goes on writing the removed
     /// file, so nothing it writes can be confirmed.
-    fn sync(&mut self) -> std::io::Result<()> {
+    pub(crate) fn sync(&mut self) -> std::io::Result<()> {
         if self.file.metadata()?.nlink() == 0 {
             return Err(std::io::Error::other("the WAL file was removed while the ledger was open"));
         }
@@ -135,10 +135,16 @@ impl WalFile {
 /// The syncer thread: takes the held results of committed batches, syncs once for all that
 /// are waiting, and releases them.
 pub(crate) struct Syncer {
-    tx: Option<std::sync::mpsc::Sender<Vec<Box<dyn Held>>>>,
+    handle: Option<SyncHandle>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Hands results to the syncer thread; cloned into the ledger's handles for sync barriers.
+#[derive(Clone)]
+pub(crate) struct SyncHandle {
+    tx: std::sync::mpsc::Sender<Vec<Box<dyn Held>>>,
     /// Batches handed over and not yet released.
     in_flight: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Syncer {
@@ -161,20 +167,32 @@ impl Syncer {
                 }
             })
             .map_err(|e| LedgerError::Io(format!("cannot start the ledger sync thread: {e}")))?;
-        Ok(Self { tx: Some(tx), in_flight, thread: Some(thread) })
+        Ok(Self { handle: Some(SyncHandle { tx, in_flight }), thread: Some(thread) })
+    }
+
+    /// A handle for handing results over from elsewhere.
+    pub(crate) fn handle(&self) -> SyncHandle {
+        self.handle.clone().expect("the syncer's handle lives as long as the syncer")
     }
 
     /// Whether a sync is in flight or queued.
     pub(crate) fn is_busy(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
+        self.handle.as_ref().is_some_and(|h| h.in_flight.load(Ordering::Acquire) > 0)
     }
 
     /// Queue `held` for the next sync.
     pub(crate) fn hand_over(&self, held: Vec<Box<dyn Held>>) {
+        if let Some(h) = &self.handle {
+            h.hand_over(held);
+        }
+    }
+}
+
+impl SyncHandle {
+    /// Queue `held` for the next sync (it begins after this call).
+    pub(crate) fn hand_over(&self, held: Vec<Box<dyn Held>>) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if let Some(tx) = &self.tx
-            && let Err(back) = tx.send(held)
-        {
+        if let Err(back) = self.tx.send(held) {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             for h in back.0 {
                 h.release(Some(&LedgerError::Closed));
@@ -186,7 +204,7 @@ impl Syncer {
 impl Drop for Syncer {
     /// Drains: what was handed over is synced and released before the thread ends.
     fn drop(&mut self) {
-        drop(self.tx.take());
+        drop(self.handle.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

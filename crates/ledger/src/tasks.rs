@@ -35,12 +35,22 @@ pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Res
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (run_id, pk) in runs {
-        let task: Option<(i64, String, String, u32)> = c
+        let task: Option<Queued> = c
             .prepare_cached(
-                "SELECT id, task_key, spec, attempt FROM tasks
-                 WHERE run_id = CAST(?1 AS TEXT) AND status = 'queued' AND not_before <= ?2 ORDER BY idx LIMIT 1",
+                "SELECT id, task_key, spec, attempt,
+                        CASE WHEN pub_seq > (SELECT durable_seq FROM publication WHERE id = 1) THEN pub_seq END
+                 FROM tasks WHERE run_id = CAST(?1 AS TEXT) AND status = 'queued' AND not_before <= ?2
+                 ORDER BY idx LIMIT 1",
             )?
-            .query_row(params![run_id, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row(params![run_id, now], |r| {
+                Ok(Queued {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    spec: r.get(2)?,
+                    attempt: r.get(3)?,
+                    unpublished: r.get(4)?,
+                })
+            })
             .optional()?;
         if let Some(found) = task {
             return lease(c, owner, lease_ms, now, (&pk, &run_id), found).map(Some);
@@ -50,14 +60,25 @@ pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Res
     Ok(None)
 }
 
+/// A queued task as the claim reads it.
+struct Queued {
+    id: i64,
+    key: String,
+    spec: String,
+    attempt: u32,
+    /// Its staged sequence, if nobody has published it yet.
+    unpublished: Option<i64>,
+}
+
 fn lease(
     c: &Connection,
     owner: &str,
     lease_ms: i64,
     now: i64,
     (pk, run_id): (&str, &str),
-    (task_id, task_key, spec, previous_attempt): (i64, String, String, u32),
+    q: Queued,
 ) -> Result<ClaimedTask> {
+    let Queued { id: task_id, key: task_key, spec, attempt: previous_attempt, unpublished } = q;
     let seq: i64 =
         c.prepare_cached("SELECT COALESCE(MAX(last_claim_seq), 0) + 1 FROM partitions")?.query_row([], |r| r.get(0))?;
     let expires = now + lease_ms;
@@ -82,6 +103,7 @@ fn lease(
         attempt,
         spec: serde_json::from_str(&spec)?,
         lease_expires_at: expires,
+        unpublished,
     })
 }
 

@@ -11,16 +11,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::appends::{AppendJob, run_merged};
 use crate::checkpoint::WalLink;
 use crate::db::Durability;
 use crate::error::{LedgerError, Result};
-use crate::sync::{Held, HeldValue, Pending, Poison, Syncer, WalFile};
+use crate::publication::{self, Publish, Publisher};
+use crate::sync::{Held, HeldValue, Pending, Poison, SyncHandle, Syncer, WalFile};
 use machina_core::Clock;
 
 /// Most jobs committed together.
 pub const MAX_BATCH: usize = 512;
 /// Longest wait for the clients of the previous batch before committing a smaller one.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
+/// Smallest half of a batch that is split so that its sync overlaps the other half's SQL.
+const PIPELINE_SPLIT: usize = 16;
+/// Batches smaller than this, with nobody else waiting, sync on the writer thread itself.
+const INLINE_SYNC_MAX_JOBS: usize = 8;
 /// Jobs waiting for the writer before senders wait too.
 pub const QUEUE_DEPTH: usize = 4096;
 
@@ -29,10 +35,10 @@ pub const QUEUE_DEPTH: usize = 4096;
 pub(crate) enum Ack {
     /// Answered once the commit is on disk; other connections may see it a moment before.
     Durable,
-    /// Seen by others only once on disk, then answered: commits that create work a worker
-    /// may act on outside the ledger (a plan's tasks, appended tasks, a retried run's tasks),
-    /// so no task runs that a power cut could then take back. Its batch commits with SQLite's
-    /// own `synchronous = FULL`.
+    /// Commits that create work a worker may act on outside the ledger (a plan's tasks,
+    /// appended tasks, a retried run's tasks): answered once durable, and their tasks are
+    /// staged for publication (publication.rs), so no task starts that a power cut could
+    /// then take back.
     Published,
     /// Answered once the commit is visible: claims, whose loss to a power cut loses their
     /// holder too.
@@ -57,7 +63,7 @@ impl<T> Reply<T> {
 
 /// A unit of work for the writer thread. Jobs are re-runnable: a batch runs first
 /// without savepoints and, only if one of its jobs fails, again with one savepoint each.
-trait Job: Send {
+pub(crate) trait Job: Send {
     /// Run against the open transaction, keeping the result; returns whether it failed.
     fn run(&mut self, conn: &Connection, now: i64) -> bool;
     /// The transaction ended (`commit_err` if it did not commit): hand back what may be
@@ -73,6 +79,10 @@ trait Job: Send {
     fn fail(self: Box<Self>, err: LedgerError);
     /// The error of its last run, if it failed.
     fn error(&self) -> Option<LedgerError>;
+    /// An append of tasks, which the writer may merge with other appends to the same run.
+    fn append_to(&mut self) -> Option<&mut AppendJob> {
+        None
+    }
 }
 
 struct WriteJob<F, T> {
@@ -215,6 +225,9 @@ pub(crate) struct WriterHandle {
     tx: mpsc::Sender<Box<dyn Job>>,
     counters: Arc<Counters>,
     poison: Arc<Poison>,
+    /// Where a sync can be asked for without a transaction (None without syncs).
+    syncer: Option<SyncHandle>,
+    publisher: Arc<Publisher>,
 }
 
 /// Transactions committed and operations they carried; syncs and the time they took.
@@ -236,6 +249,7 @@ impl WriterHandle {
     ) -> Result<(Self, std::thread::JoinHandle<()>)> {
         wal.hook(&mut conn)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let publisher = Arc::new(Publisher::default());
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         let poison = Arc::new(Poison::default());
@@ -247,11 +261,13 @@ impl WriterHandle {
             }),
             Durability::Normal => None,
         };
+        let syncer = disk.as_ref().map(|d| d.syncer.handle());
+        let writer = Writer { conn, clock, publisher: publisher.clone(), durability, wal };
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(conn, rx, clock, &c, disk, &wal))
+            .spawn(move || writer.run(rx, &c, disk))
             .map_err(|e| LedgerError::Io(format!("cannot start the ledger writer thread: {e}")))?;
-        Ok((Self { tx, counters, poison }, handle))
+        Ok((Self { tx, counters, poison, syncer, publisher }, handle))
     }
 
     /// (syncs, microseconds spent in them) so far.
@@ -308,6 +324,32 @@ impl WriterHandle {
         Ok((a, Pending(later_rx)))
     }
 
+    /// Append `specs` to a run in the next group commit, merged with the other appends to
+    /// that run in it; answered like an [`Ack::Published`] write.
+    pub(crate) async fn append(&self, run_id: String, specs: Vec<machina_core::TaskSpec>) -> Result<usize> {
+        let (otx, orx) = oneshot::channel();
+        let job = Box::new(AppendJob { run_id, specs, result: None, reply: Reply::Async(otx) });
+        self.tx.send(job).await.map_err(|_| LedgerError::Closed)?;
+        orx.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Resolves once a sync of the WAL that began after this call has returned: everything
+    /// committed before it (by any process) is then on disk. Tasks staged up to `seq` are
+    /// recorded as durable for the next transaction to publish.
+    pub(crate) async fn barrier(&self, seq: i64) -> Result<()> {
+        let Some(syncer) = &self.syncer else {
+            return Ok(());
+        };
+        let (otx, orx) = oneshot::channel();
+        let held = Publish {
+            seq,
+            held: vec![Box::new(HeldValue { value: (), reply: Reply::Async(otx) })],
+            publisher: self.publisher.clone(),
+        };
+        syncer.hand_over(vec![Box::new(held)]);
+        orx.await.map_err(|_| LedgerError::Closed)?
+    }
+
     /// Same as [`write`](Self::write), for a thread outside the async runtime.
     pub(crate) fn write_blocking<T, F>(&self, f: F) -> Result<T>
     where
@@ -329,69 +371,105 @@ struct Disk {
     poison: Arc<Poison>,
 }
 
-fn run(
+/// The writer thread's state.
+struct Writer {
     conn: Connection,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
     clock: Arc<dyn Clock>,
-    counters: &Counters,
-    mut disk: Option<Disk>,
-    wal: &WalLink,
-) {
-    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
-    let mut last_len = 0;
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        drain(&mut rx, &mut batch);
-        // Clients that were in the last batch are likely about to send again (a worker's
-        // next claim follows its commit): wait a moment for them, so one fsync covers all.
-        if batch.len() < last_len {
-            let until = std::time::Instant::now() + LINGER;
-            while batch.len() < last_len && std::time::Instant::now() < until {
-                std::thread::yield_now();
-                drain(&mut rx, &mut batch);
-            }
-        }
-        last_len = batch.len();
-        if let Some(e) = disk.as_ref().and_then(|d| d.poison.get()) {
-            for job in batch.drain(..) {
-                job.fail(e.clone());
-            }
-            continue;
-        }
-        counters.transactions.fetch_add(1, Ordering::Relaxed);
-        counters.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let early = batch.iter().any(|j| j.early());
-        // SQLite syncs a published batch itself, before anyone can see it.
-        let published = disk.is_some() && batch.iter().any(|j| j.published());
-        if published && let Err(e) = exec_cached(&conn, "PRAGMA synchronous = FULL") {
-            let err = LedgerError::from(e);
-            batch.drain(..).for_each(|job| job.fail(err.clone()));
-            continue;
-        }
-        let held = commit_batch(&conn, &mut batch, clock.now_ms());
-        if published {
-            if let Err(e) = exec_cached(&conn, "PRAGMA synchronous = NORMAL") {
-                tracing::warn!(error = %e, "ledger writer: cannot return to synchronous = NORMAL");
-            }
-            held.into_iter().for_each(|h| h.release(None));
-        } else {
-            settle(held, early, rx.is_empty(), disk.as_mut(), counters);
-        }
-        wal.finish(&conn);
-    }
-    tracing::debug!("ledger writer: all handles dropped, exiting");
+    publisher: Arc<Publisher>,
+    durability: Durability,
+    wal: Arc<WalLink>,
 }
 
-/// Release held results once their commit is durable. When nobody is waiting to write and
-/// no client of this batch was answered early (and so about to send again), the sync runs on
-/// this thread; otherwise the syncer does it while this thread runs the next batch.
-fn settle(held: Vec<Box<dyn Held>>, early: bool, queue_empty: bool, disk: Option<&mut Disk>, counters: &Counters) {
+impl Writer {
+    fn run(self, mut rx: mpsc::Receiver<Box<dyn Job>>, counters: &Counters, mut disk: Option<Disk>) {
+        let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+        // The second half of a batch split for the pipeline (below), committed next.
+        let mut carried: Vec<Box<dyn Job>> = Vec::new();
+        let mut last_len = 0;
+        loop {
+            if carried.is_empty() {
+                match rx.blocking_recv() {
+                    Some(first) => batch.push(first),
+                    None => break,
+                }
+            } else {
+                batch.append(&mut carried);
+            }
+            drain(&mut rx, &mut batch);
+            // Clients that were in the last batch are likely about to send again (a worker's
+            // next claim follows its commit): wait a moment for them, so one fsync covers all.
+            if batch.len() < last_len {
+                let until = std::time::Instant::now() + LINGER;
+                while batch.len() < last_len && std::time::Instant::now() < until {
+                    std::thread::yield_now();
+                    drain(&mut rx, &mut batch);
+                }
+            }
+            last_len = batch.len();
+            if let Some(e) = disk.as_ref().and_then(|d| d.poison.get()) {
+                for job in batch.drain(..) {
+                    job.fail(e.clone());
+                }
+                continue;
+            }
+            // A big batch while the disk is idle: commit half now, so its sync runs while the
+            // other half's SQL does, instead of every client waiting for both one after the other.
+            if batch.len() >= 2 * PIPELINE_SPLIT && disk.as_ref().is_some_and(|d| !d.syncer.is_busy()) {
+                carried = batch.split_off(batch.len() / 2);
+            }
+            counters.transactions.fetch_add(1, Ordering::Relaxed);
+            counters.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let early = batch.iter().any(|j| j.early());
+            // A lone small batch syncs on this thread (saving a hop); anything busier leaves the
+            // sync to the syncer, so this thread can take the next clients meanwhile.
+            let alone = rx.is_empty() && carried.is_empty() && batch.len() < INLINE_SYNC_MAX_JOBS;
+            self.commit_and_settle(&mut batch, early, disk.as_mut(), alone, counters);
+            self.wal.finish(&self.conn);
+        }
+        tracing::debug!("ledger writer: all handles dropped, exiting");
+    }
+
+    /// Commit one batch (publishing what is known durable with it) and hand its results on.
+    fn commit_and_settle(
+        &self,
+        batch: &mut Vec<Box<dyn Job>>,
+        early: bool,
+        disk: Option<&mut Disk>,
+        alone: bool,
+        counters: &Counters,
+    ) {
+        let stage = batch.iter().any(|j| j.published());
+        let (durable, durability) = (self.publisher.take(), self.durability);
+        let prologue = |c: &Connection| publication::prologue(c, durable, stage, durability);
+        let Some(outcome) = commit_batch(&self.conn, batch, self.clock.now_ms(), &prologue) else {
+            // Nothing committed: what was to be published waits for the next transaction.
+            self.publisher.durable(durable);
+            return;
+        };
+        let mut held = outcome.held;
+        match (outcome.staged, self.durability) {
+            // Answered once durable, and published by a later transaction.
+            (Some(seq), Durability::Full) => {
+                held.push(Box::new(Publish { seq, held: outcome.published, publisher: self.publisher.clone() }))
+            }
+            // Published by this very commit (see publication::prologue).
+            _ => held.extend(outcome.published),
+        }
+        settle(held, early, alone, disk, counters);
+    }
+}
+
+/// Release held results once their commit is durable. When the batch was small and `alone`
+/// (nobody waiting to write) and no client of it was answered early (and so about to send
+/// again), the sync runs on this thread; otherwise the syncer does it while this thread runs
+/// the next batch.
+fn settle(held: Vec<Box<dyn Held>>, early: bool, alone: bool, disk: Option<&mut Disk>, counters: &Counters) {
     if held.is_empty() {
         return;
     }
     match disk {
         None => held.into_iter().for_each(|h| h.release(None)),
-        Some(d) if !early && queue_empty && !d.syncer.is_busy() => d.wal.sync_and_release(held, &d.poison, counters),
+        Some(d) if !early && alone && !d.syncer.is_busy() => d.wal.sync_and_release(held, &d.poison, counters),
         Some(d) => d.syncer.hand_over(held),
     }
 }
@@ -409,46 +487,66 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-/// Run and commit one batch; returns the results to hand back once it is durable.
-fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) -> Vec<Box<dyn Held>> {
-    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
-        let err = LedgerError::from(e);
-        for job in batch.drain(..) {
-            job.fail(err.clone());
+type HeldList = Vec<Box<dyn Held>>;
+
+/// What a committed batch hands on.
+struct Committed {
+    /// Results to hand back once the commit is durable.
+    held: HeldList,
+    /// Results of the jobs that staged tasks.
+    published: HeldList,
+    /// The sequence this batch's tasks were staged under, if it created any.
+    staged: Option<i64>,
+}
+
+type Prologue<'a> = &'a dyn Fn(&Connection) -> Result<Option<i64>>;
+
+/// Run and commit one batch, `prologue` first; `None` if nothing was committed.
+fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64, prologue: Prologue) -> Option<Committed> {
+    let begin = |conn: &Connection| -> Result<Option<i64>> {
+        exec_cached(conn, "BEGIN IMMEDIATE")?;
+        prologue(conn).inspect_err(|_| {
+            let _ = exec_cached(conn, "ROLLBACK");
+        })
+    };
+    let mut staged = match begin(conn) {
+        Ok(s) => s,
+        Err(err) => {
+            batch.drain(..).for_each(|job| job.fail(err.clone()));
+            return None;
         }
-        return Vec::new();
-    }
-    // Fast path: no savepoints (their page copies cost more than the jobs themselves).
-    let mut any_failed = false;
-    for job in batch.iter_mut() {
-        any_failed |= job.run(conn, now);
-    }
+    };
+    // Fast path: no savepoints (their page copies cost more than the jobs themselves),
+    // and appends to the same run merged into one.
+    let any_failed = run_merged(conn, batch, now);
     if any_failed {
         if conn.is_autocommit() {
             // SQLite already rolled the whole transaction back (disk full, I/O error):
             // nothing was written; every job learns why.
             abort(batch);
-            return Vec::new();
-        }
-        if batch.len() == 1 {
-            let _ = exec_cached(conn, "ROLLBACK");
-            return deliver_all(batch, None);
+            return None;
         }
         // Undo everything and run the batch again, each job in its own savepoint, so only
         // the failing ones are rolled back.
         let again = exec_cached(conn, "ROLLBACK")
-            .and_then(|_| exec_cached(conn, "BEGIN IMMEDIATE"))
             .map_err(|e| Some(LedgerError::from(e)))
-            .and_then(|_| rerun_with_savepoints(conn, batch, now));
+            .and_then(|_| begin(conn).map_err(Some))
+            .and_then(|s| {
+                staged = s;
+                rerun_with_savepoints(conn, batch, now)
+            });
         match again {
             Ok(()) => {}
             Err(None) => {
                 abort(batch);
-                return Vec::new();
+                return None;
             }
             Err(Some(e)) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return deliver_all(batch, Some(&e));
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                deliver_all(batch, Some(&e));
+                return None;
             }
         }
     }
@@ -458,13 +556,21 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64) -> V
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
+        deliver_all(batch, Some(e));
+        return None;
     }
-    deliver_all(batch, commit_err.as_ref())
+    let (held, published) = deliver_all(batch, None);
+    Some(Committed { held, published, staged })
 }
 
-/// Hand back what may be seen now; collect what waits for the disk.
-fn deliver_all(batch: &mut Vec<Box<dyn Job>>, commit_err: Option<&LedgerError>) -> Vec<Box<dyn Held>> {
-    batch.drain(..).filter_map(|job| job.committed(commit_err)).collect()
+/// Hand back what may be seen now; collect what waits for the disk (and for publication).
+fn deliver_all(batch: &mut Vec<Box<dyn Job>>, commit_err: Option<&LedgerError>) -> (HeldList, HeldList) {
+    let (mut held, mut published) = (Vec::new(), Vec::new());
+    for job in batch.drain(..) {
+        let to = if job.published() { &mut published } else { &mut held };
+        to.extend(job.committed(commit_err));
+    }
+    (held, published)
 }
 
 /// The transaction is gone: failed jobs get their own error, the others the first one.

@@ -1,0 +1,119 @@
+//! Appends of tasks to a run, merged when several meet in one group commit.
+//!
+//! Many clients adding tasks to the same run at once (a fan-out fed by several producers,
+//! `POST` bursts, the benchmark's 64 submitters) would each read the run, update its
+//! counters and write a `tasks_queued` event. Merged, the appends to one run in a batch do
+//! that once, and insert their tasks in one go, in the order the jobs arrived. If the merged
+//! append fails (a duplicate task key, a run that stopped executing), the writer runs the
+//! batch again job by job, each in its own savepoint, so every client gets its own answer.
+
+use machina_core::TaskSpec;
+use rusqlite::Connection;
+
+use crate::error::{LedgerError, Result};
+use crate::runs;
+use crate::sync::{Held, HeldValue};
+use crate::writer::{Job, Reply};
+
+/// One client's append (answered like [`Ack::Published`](crate::writer::Ack) writes).
+pub(crate) struct AppendJob {
+    pub(crate) run_id: String,
+    pub(crate) specs: Vec<TaskSpec>,
+    pub(crate) result: Option<Result<usize>>,
+    pub(crate) reply: Reply<usize>,
+}
+
+impl Job for AppendJob {
+    fn run(&mut self, conn: &Connection, now: i64) -> bool {
+        let res = runs::append_tasks(conn, &self.run_id, &[&self.specs], now).map(|counts| counts[0]);
+        let failed = res.is_err();
+        self.result = Some(res);
+        failed
+    }
+
+    fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>> {
+        match (commit_err, self.result) {
+            (None, Some(Ok(value))) => Some(Box::new(HeldValue { value, reply: self.reply })),
+            (Some(e), _) => {
+                self.reply.send(Err(e.clone()));
+                None
+            }
+            (None, Some(Err(e))) => {
+                self.reply.send(Err(e));
+                None
+            }
+            (None, None) => {
+                self.reply.send(Err(LedgerError::Db("internal: an append was delivered without running".into())));
+                None
+            }
+        }
+    }
+
+    fn early(&self) -> bool {
+        false
+    }
+
+    fn published(&self) -> bool {
+        true
+    }
+
+    fn fail(self: Box<Self>, err: LedgerError) {
+        self.reply.send(Err(err));
+    }
+
+    fn error(&self) -> Option<LedgerError> {
+        match &self.result {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn append_to(&mut self) -> Option<&mut AppendJob> {
+        Some(self)
+    }
+}
+
+/// Run a batch's jobs, merging the appends to each run into one; returns whether any failed.
+/// A failed merged append fails all of its jobs (the writer then re-runs them one by one).
+pub(crate) fn run_merged(conn: &Connection, batch: &mut [Box<dyn Job>], now: i64) -> bool {
+    let mut any_failed = false;
+    let mut done = vec![false; batch.len()];
+    for i in 0..batch.len() {
+        if done[i] {
+            continue;
+        }
+        done[i] = true;
+        let Some(run_id) = batch[i].append_to().map(|a| a.run_id.clone()) else {
+            any_failed |= batch[i].run(conn, now);
+            continue;
+        };
+        let mut group = vec![i];
+        for (j, seen) in done.iter_mut().enumerate().skip(i + 1) {
+            if !*seen && batch[j].append_to().is_some_and(|a| a.run_id == run_id) {
+                *seen = true;
+                group.push(j);
+            }
+        }
+        if group.len() == 1 {
+            any_failed |= batch[i].run(conn, now);
+            continue;
+        }
+        let mut jobs: Vec<&mut AppendJob> = Vec::with_capacity(group.len());
+        for (k, job) in batch.iter_mut().enumerate() {
+            if group.binary_search(&k).is_ok()
+                && let Some(a) = job.append_to()
+            {
+                jobs.push(a);
+            }
+        }
+        let specs: Vec<&[TaskSpec]> = jobs.iter().map(|a| a.specs.as_slice()).collect();
+        match runs::append_tasks(conn, &run_id, &specs, now) {
+            Ok(counts) => jobs.into_iter().zip(counts).for_each(|(a, n)| a.result = Some(Ok(n))),
+            Err(e) => {
+                any_failed = true;
+                jobs.into_iter().for_each(|a| a.result = Some(Err(e.clone())));
+            }
+        }
+    }
+    any_failed
+}
