@@ -11,6 +11,7 @@ use machina_core::TaskSpec;
 use rusqlite::Connection;
 
 use crate::error::{LedgerError, Result};
+use crate::jobs::{error_of, keep, outcome};
 use crate::runs;
 use crate::sync::{Held, HeldValue};
 use crate::writer::{Job, Reply};
@@ -25,25 +26,15 @@ pub(crate) struct AppendJob {
 
 impl Job for AppendJob {
     fn run(&mut self, conn: &Connection, now: i64) -> bool {
-        let res = runs::append_tasks(conn, &self.run_id, &[&self.specs], now).map(|counts| counts[0]);
-        let failed = res.is_err();
-        self.result = Some(res);
-        failed
+        let added = runs::append_tasks(conn, &self.run_id, &[&self.specs], now).map(|counts| counts[0]);
+        keep(added, &mut self.result)
     }
 
     fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>> {
-        match (commit_err, self.result) {
-            (None, Some(Ok(value))) => Some(Box::new(HeldValue { value, reply: self.reply })),
-            (Some(e), _) => {
-                self.reply.send(Err(e.clone()));
-                None
-            }
-            (None, Some(Err(e))) => {
+        match outcome(commit_err, self.result) {
+            Ok(value) => Some(Box::new(HeldValue { value, reply: self.reply })),
+            Err(e) => {
                 self.reply.send(Err(e));
-                None
-            }
-            (None, None) => {
-                self.reply.send(Err(LedgerError::Db("internal: an append was delivered without running".into())));
                 None
             }
         }
@@ -62,10 +53,7 @@ impl Job for AppendJob {
     }
 
     fn error(&self) -> Option<LedgerError> {
-        match &self.result {
-            Some(Err(e)) => Some(e.clone()),
-            _ => None,
-        }
+        error_of(&self.result)
     }
 
     fn append_to(&mut self) -> Option<&mut AppendJob> {

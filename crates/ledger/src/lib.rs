@@ -20,6 +20,7 @@ mod db;
 mod dedup;
 mod error;
 mod fleet;
+mod jobs;
 mod maintain;
 mod model;
 mod permissions;

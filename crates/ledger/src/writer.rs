@@ -15,6 +15,7 @@ use crate::appends::{AppendJob, run_merged};
 use crate::checkpoint::WalLink;
 use crate::db::Durability;
 use crate::error::{LedgerError, Result};
+use crate::jobs::{SplitJob, WriteJob};
 use crate::publication::{self, Publish, Publisher};
 use crate::sync::{Held, HeldValue, Pending, Poison, SyncHandle, Syncer, WalFile};
 use machina_core::Clock;
@@ -25,8 +26,10 @@ pub const MAX_BATCH: usize = 512;
 const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 /// Smallest half of a batch that is split so that its sync overlaps the other half's SQL.
 const PIPELINE_SPLIT: usize = 16;
-/// Batches smaller than this, with nobody else waiting, sync on the writer thread itself.
-const INLINE_SYNC_MAX_JOBS: usize = 8;
+/// Batches smaller than this (a lone job), with nobody else waiting, sync on the writer
+/// thread itself: it saves a thread hop on an idle ledger; anything busier is better served
+/// by the sync thread while this one takes the next clients.
+const INLINE_SYNC_MAX_JOBS: usize = 2;
 /// Jobs waiting for the writer before senders wait too.
 pub const QUEUE_DEPTH: usize = 4096;
 
@@ -82,122 +85,6 @@ pub(crate) trait Job: Send {
     /// An append of tasks, which the writer may merge with other appends to the same run.
     fn append_to(&mut self) -> Option<&mut AppendJob> {
         None
-    }
-}
-
-struct WriteJob<F, T> {
-    f: F,
-    result: Option<Result<T>>,
-    reply: Reply<T>,
-    ack: Ack,
-}
-
-/// Keep a job's result; returns whether it failed.
-fn keep<T>(res: Result<T>, slot: &mut Option<Result<T>>) -> bool {
-    let failed = res.is_err();
-    *slot = Some(res);
-    failed
-}
-
-/// The error of a job's last run, if it failed.
-fn error_of<T>(result: &Option<Result<T>>) -> Option<LedgerError> {
-    match result {
-        Some(Err(e)) => Some(e.clone()),
-        _ => None,
-    }
-}
-
-/// The outcome of a job's last run, or of its transaction.
-fn outcome<T>(commit_err: Option<&LedgerError>, result: Option<Result<T>>) -> Result<T> {
-    match (commit_err, result) {
-        (Some(e), _) => Err(e.clone()),
-        (None, Some(r)) => r,
-        (None, None) => Err(LedgerError::Db("internal: a job was delivered without running".into())),
-    }
-}
-
-impl<F, T> Job for WriteJob<F, T>
-where
-    T: Send + 'static,
-    F: Fn(&Connection, i64) -> Result<T> + Send + 'static,
-{
-    fn run(&mut self, conn: &Connection, now: i64) -> bool {
-        keep((self.f)(conn, now), &mut self.result)
-    }
-
-    fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>> {
-        match (outcome(commit_err, self.result), self.ack) {
-            (Ok(value), Ack::Durable | Ack::Published) => Some(Box::new(HeldValue { value, reply: self.reply })),
-            (other, _) => {
-                self.reply.send(other);
-                None
-            }
-        }
-    }
-
-    fn early(&self) -> bool {
-        self.ack == Ack::Committed
-    }
-
-    fn published(&self) -> bool {
-        self.ack == Ack::Published
-    }
-
-    fn fail(self: Box<Self>, err: LedgerError) {
-        self.reply.send(Err(err));
-    }
-
-    fn error(&self) -> Option<LedgerError> {
-        error_of(&self.result)
-    }
-}
-
-/// A job whose result has a part seen at COMMIT (`A`, a claim) and a part held until the
-/// commit is on disk (`B`, a completion).
-struct SplitJob<F, A, B> {
-    f: F,
-    /// Whether its client will likely write again as soon as it has `A` (see `Job::early`).
-    early: bool,
-    result: Option<Result<(A, B)>>,
-    now: oneshot::Sender<Result<A>>,
-    later: oneshot::Sender<Result<B>>,
-}
-
-impl<F, A, B> Job for SplitJob<F, A, B>
-where
-    A: Send + 'static,
-    B: Send + 'static,
-    F: Fn(&Connection, i64) -> Result<(A, B)> + Send + 'static,
-{
-    fn run(&mut self, conn: &Connection, now: i64) -> bool {
-        keep((self.f)(conn, now), &mut self.result)
-    }
-
-    fn committed(self: Box<Self>, commit_err: Option<&LedgerError>) -> Option<Box<dyn Held>> {
-        match outcome(commit_err, self.result) {
-            Ok((a, b)) => {
-                let _ = self.now.send(Ok(a));
-                Some(Box::new(HeldValue { value: b, reply: Reply::Async(self.later) }))
-            }
-            Err(e) => {
-                let _ = self.later.send(Err(e.clone()));
-                let _ = self.now.send(Err(e));
-                None
-            }
-        }
-    }
-
-    fn early(&self) -> bool {
-        self.early
-    }
-
-    fn fail(self: Box<Self>, err: LedgerError) {
-        let _ = self.later.send(Err(err.clone()));
-        let _ = self.now.send(Err(err));
-    }
-
-    fn error(&self) -> Option<LedgerError> {
-        error_of(&self.result)
     }
 }
 
