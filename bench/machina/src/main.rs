@@ -1,7 +1,8 @@
 //! Benchmark of machina's ledger, measured the same way as the peers in bench/peers.
 //!
 //! Phase 1 (durable enqueue): `--submitters` tokio tasks add `--jobs` no-op tasks in total to
-//! one executing run, each `append_tasks` awaited on its own; it returns only after the group
+//! one executing run (`--tasks-per-append`, default 1, per call), each `append_tasks`
+//! awaited on its own; it returns only after the group
 //! commit that holds it is on disk (WAL; the ledger's sync thread fdatasyncs it, the same
 //! guarantee as `synchronous=FULL`).
 //! Phase 2 (processing): `--consumers` tokio tasks each loop claim → (no-op) → complete, the
@@ -23,12 +24,14 @@ use std::time::Instant;
 struct Args {
     enqueue_only: bool,
     jobs: usize,
+    /// Tasks each append adds (the peers' harnesses add one job per call; 1 compares alike).
+    tasks_per_append: usize,
     consumers: usize,
     submitters: usize,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { enqueue_only: false, jobs: 100_000, consumers: 4, submitters: 64 };
+    let mut a = Args { enqueue_only: false, jobs: 100_000, tasks_per_append: 1, consumers: 4, submitters: 64 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--enqueue-only" {
@@ -40,7 +43,8 @@ fn parse_args() -> Args {
             "--jobs" => a.jobs = val,
             "--consumers" => a.consumers = val.max(1),
             "--submitters" => a.submitters = val.max(1),
-            _ => panic!("unknown flag {flag} (use --jobs --consumers --submitters)"),
+            "--tasks-per-append" => a.tasks_per_append = val.max(1),
+            _ => panic!("unknown flag {flag} (use --jobs --consumers --submitters --tasks-per-append --enqueue-only)"),
         }
     }
     a
@@ -102,15 +106,17 @@ async fn main() {
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut subs = Vec::new();
+    let per = args.tasks_per_append;
     for _ in 0..args.submitters {
         let (ledger, run, next, n) = (ledger.clone(), run.clone(), next.clone(), args.jobs);
         subs.push(tokio::spawn(async move {
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
+                let first = next.fetch_add(per, Ordering::Relaxed);
+                if first >= n {
                     break;
                 }
-                ledger.append_tasks(&run, vec![noop(format!("job-{i}"))]).await.unwrap();
+                let specs = (first..n.min(first + per)).map(|i| noop(format!("job-{i}"))).collect();
+                ledger.append_tasks(&run, specs).await.unwrap();
             }
         }));
     }
@@ -188,7 +194,10 @@ async fn main() {
         "latency_p50_us": percentile(&lat, 0.50),
         "latency_p99_us": percentile(&lat, 0.99),
         "durability": "every acknowledged commit fdatasynced first (the ledger's sync thread; SQLite synchronous=NORMAL underneath)",
-        "notes": format!("ledger level, group commit; {} submitters, {} consumers in one process", args.submitters, args.consumers),
+        "notes": format!(
+            "ledger level, group commit; {} submitters ({} task(s) per append), {} consumers in one process",
+            args.submitters, per, args.consumers
+        ),
     });
     println!("{line}");
 }
