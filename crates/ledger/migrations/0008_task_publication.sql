@@ -7,12 +7,13 @@
 -- name, a fan-out's inserts land together. The table is rebuilt (SQLite cannot drop an inline
 -- UNIQUE); the migration runner turns foreign keys off around it and checks them before COMMIT.
 --
--- 2. Tasks are claimable only once the commit that created them is on disk (publication).
+-- 2. A task starts only once the commit that created it is on disk (publication).
 -- A batch that creates or requeues tasks stamps them with the next staged_seq; once an
 -- fdatasync of the WAL that began after that commit has returned, durable_seq is raised to it
--- (any process may do so: one sync covers every commit before it), and claims take only tasks
--- with pub_seq <= durable_seq. So a worker never runs a task that a power cut could take back,
--- and the writer does not wait for the disk to find that out.
+-- (any process may do so: one sync covers every commit before it). A claim of a task with
+-- pub_seq > durable_seq is handed out only after a sync that began after the claim. So a
+-- worker never runs a task that a power cut could take back, and the writer does not wait
+-- for the disk to make sure.
 DROP TRIGGER attempts_append_only_d;
 
 CREATE TABLE tasks_rebuilt (

@@ -71,6 +71,11 @@ pub(crate) fn run_merged(conn: &Connection, batch: &mut [Box<dyn Job>], now: i64
             continue;
         }
         done[i] = true;
+        // SQLite rolled the whole transaction back (disk full, I/O error): run nothing more,
+        // or it would commit on its own, outside this batch (the writer aborts the batch).
+        if any_failed && conn.is_autocommit() {
+            break;
+        }
         let Some(run_id) = batch[i].append_to().map(|a| a.run_id.clone()) else {
             any_failed |= batch[i].run(conn, now);
             continue;

@@ -287,7 +287,8 @@ impl Ledger {
         self.read(move |c, _| queries::events(c, &id, after_seq, limit)).await
     }
 
-    /// Attempts of a task.
+    /// Attempts of a task. Reads the whole tasks table (no index leads with the key alone:
+    /// keys are unique per run and name); for diagnostics and tests.
     pub async fn attempts(&self, task_key: &str) -> Result<Vec<AttemptRecord>> {
         let key = task_key.to_string();
         self.read(move |c, _| queries::attempts(c, &key)).await
@@ -412,8 +413,9 @@ impl Ledger {
     /// Approve a run's plan (optionally bound to the plan sha256 the approver reviewed).
     ///
     /// This and the other writes that create tasks (finish_compile, append_tasks, retry_run)
-    /// are seen by other connections only once on disk: a worker never runs a task that a
-    /// power cut could take back.
+    /// are published (publication.rs): their tasks are visible at COMMIT, but a claim hands
+    /// one out only once its creation is on disk, so a worker never runs a task that a power
+    /// cut could take back.
     pub async fn approve_plan(&self, run_id: &str, approver: &str, plan_sha256: Option<String>) -> Result<RunRecord> {
         let (id, who) = (run_id.to_string(), approver.to_string());
         self.writer
@@ -530,7 +532,16 @@ impl Ledger {
                 Ok((claim_work(c, &report.owner, lease_ms, now)?, done))
             })
             .await?;
-        Ok((self.work_published(work).await?, done))
+        // The completion is committed whatever happens to the next claim: keep its answer. A
+        // claim whose sync failed (the ledger is poisoned or closing) is not handed out; its
+        // lease runs out and the task is reclaimed.
+        match self.work_published(work).await {
+            Ok(work) => Ok((work, done)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the next task's creation could not be confirmed on disk: not starting it");
+                Ok((None, done))
+            }
+        }
     }
 
     /// Give back a claimed task that was not started (shutdown), without using up a retry.

@@ -154,7 +154,11 @@ pub(crate) fn verify(
             "effect_committed_twice",
             "SELECT COUNT(*) FROM (SELECT 1 FROM receipts GROUP BY effect_key HAVING COUNT(*) > 1)",
         ),
-        ("task_key_twice", "SELECT COUNT(*) FROM (SELECT 1 FROM tasks GROUP BY task_key HAVING COUNT(*) > 1)"),
+        // A key hashes its run and name, so this is the whole rule, read along its index.
+        (
+            "task_key_twice",
+            "SELECT COUNT(*) FROM (SELECT 1 FROM tasks GROUP BY run_id, name, task_key HAVING COUNT(*) > 1)",
+        ),
         ("artifact_name", "SELECT COUNT(*) FROM artifacts WHERE length(sha256) != 64 OR sha256 GLOB '*[^0-9a-f]*'"),
     ];
     for (check, sql) in oracles {

@@ -274,25 +274,26 @@ impl Writer {
         let mut carried: Vec<Box<dyn Job>> = Vec::new();
         let mut last_len = 0;
         loop {
-            if carried.is_empty() {
+            let carrying = !carried.is_empty();
+            if carrying {
+                batch.append(&mut carried);
+            } else {
                 match rx.blocking_recv() {
                     Some(first) => batch.push(first),
                     None => break,
                 }
-            } else {
-                batch.append(&mut carried);
             }
             drain(&mut rx, &mut batch);
             // Clients that were in the last batch are likely about to send again (a worker's
             // next claim follows its commit): wait a moment for them, so one fsync covers all.
-            if batch.len() < last_len {
+            // (Not for the second half of a split batch: its clients are waiting already.)
+            if !carrying && batch.len() < last_len {
                 let until = std::time::Instant::now() + LINGER;
                 while batch.len() < last_len && std::time::Instant::now() < until {
                     std::thread::yield_now();
                     drain(&mut rx, &mut batch);
                 }
             }
-            last_len = batch.len();
             if let Some(e) = disk.as_ref().and_then(|d| d.poison.get()) {
                 for job in batch.drain(..) {
                     job.fail(e.clone());
@@ -304,6 +305,7 @@ impl Writer {
             if batch.len() >= 2 * PIPELINE_SPLIT && disk.as_ref().is_some_and(|d| !d.syncer.is_busy()) {
                 carried = batch.split_off(batch.len() / 2);
             }
+            last_len = batch.len();
             counters.transactions.fetch_add(1, Ordering::Relaxed);
             counters.operations.fetch_add(batch.len() as u64, Ordering::Relaxed);
             let early = batch.iter().any(|j| j.early());
