@@ -70,7 +70,6 @@ pub(crate) fn run_merged(conn: &Connection, batch: &mut [Box<dyn Job>], now: i64
         if done[i] {
             continue;
         }
-        done[i] = true;
         // SQLite rolled the whole transaction back (disk full, I/O error): run nothing more,
         // or it would commit on its own, outside this batch (the writer aborts the batch).
         if any_failed && conn.is_autocommit() {
@@ -80,24 +79,20 @@ pub(crate) fn run_merged(conn: &Connection, batch: &mut [Box<dyn Job>], now: i64
             any_failed |= batch[i].run(conn, now);
             continue;
         };
-        let mut group = vec![i];
-        for (j, seen) in done.iter_mut().enumerate().skip(i + 1) {
-            if !*seen && batch[j].append_to().is_some_and(|a| a.run_id == run_id) {
-                *seen = true;
-                group.push(j);
-            }
-        }
-        if group.len() == 1 {
-            any_failed |= batch[i].run(conn, now);
-            continue;
-        }
-        let mut jobs: Vec<&mut AppendJob> = Vec::with_capacity(group.len());
-        for (k, job) in batch.iter_mut().enumerate() {
-            if group.binary_search(&k).is_ok()
+        // This append and the later ones to the same run, in arrival order.
+        let mut jobs: Vec<&mut AppendJob> = Vec::new();
+        for (job, seen) in batch.iter_mut().zip(done.iter_mut()).skip(i) {
+            if !*seen
                 && let Some(a) = job.append_to()
+                && a.run_id == run_id
             {
+                *seen = true;
                 jobs.push(a);
             }
+        }
+        if let [lone] = jobs.as_mut_slice() {
+            any_failed |= lone.run(conn, now);
+            continue;
         }
         let specs: Vec<&[TaskSpec]> = jobs.iter().map(|a| a.specs.as_slice()).collect();
         match runs::append_tasks(conn, &run_id, &specs, now) {

@@ -40,12 +40,17 @@ impl Publisher {
     }
 }
 
+/// Record that tasks staged up to `seq` are on disk.
+fn publish(c: &Connection, seq: i64) -> Result<()> {
+    c.prepare_cached("UPDATE publication SET durable_seq = max(durable_seq, ?1) WHERE id = 1")?.execute([seq])?;
+    Ok(())
+}
+
 /// Run at the start of every write transaction: publish what is known durable, and stage
 /// this batch's tasks if it creates any.
 pub(crate) fn prologue(c: &Connection, durable: i64, stage: bool, durability: Durability) -> Result<Option<i64>> {
     if durable > 0 {
-        c.prepare_cached("UPDATE publication SET durable_seq = max(durable_seq, ?1) WHERE id = 1")?
-            .execute([durable])?;
+        publish(c, durable)?;
     }
     if !stage {
         return Ok(None);
@@ -93,7 +98,7 @@ pub(crate) fn repair_at_open(c: &Connection, db_path: &std::path::Path, durabili
             .sync()
             .map_err(|e| LedgerError::Io(format!("cannot sync the ledger's WAL to publish staged tasks: {e}")))?;
     }
-    c.prepare_cached("UPDATE publication SET durable_seq = max(durable_seq, ?1) WHERE id = 1")?.execute([staged])?;
+    publish(c, staged)?;
     tracing::debug!(staged, durable, "published tasks staged before this process opened the ledger");
     Ok(())
 }

@@ -415,6 +415,12 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, now: i64, prol
             abort(batch);
             return None;
         }
+        if batch.len() == 1 {
+            // Nothing else to keep: roll back and answer (what was to be published waits).
+            let _ = exec_cached(conn, "ROLLBACK");
+            deliver_all(batch, None);
+            return None;
+        }
         // Undo everything and run the batch again, each job in its own savepoint, so only
         // the failing ones are rolled back.
         let again = exec_cached(conn, "ROLLBACK")
