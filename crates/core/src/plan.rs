@@ -63,7 +63,9 @@ pub fn canonical_json(v: &serde_json::Value) -> Vec<u8> {
 
 /// sha256 (lowercase hex) of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(bytes), &mut hex).expect("64 hex digits hold 32 bytes");
+    std::str::from_utf8(&hex).expect("hex digits are ASCII").to_owned()
 }
 
 /// task_key = sha256 of the canonical encoding of (intent, run, step, normalized task spec).
@@ -83,10 +85,15 @@ pub fn task_key(intent_id: &str, run_id: &str, step: Step, spec: &TaskSpec) -> S
         step: step.as_str(),
         task: SortedSpec { argv, lease: lease.as_deref(), name, timeout_secs: *timeout_secs, tool },
     };
-    let mut hasher = HashWriter(Sha256::new());
-    serde_json::to_writer(&mut hasher, &input).expect("a task key's input serializes");
-    hex::encode(hasher.0.finalize())
+    // Serialized whole, then hashed in one call: feeding the hash serde's many small writes
+    // cost more than the copy.
+    let mut bytes = Vec::with_capacity(KEY_INPUT_CAPACITY);
+    serde_json::to_writer(&mut bytes, &input).expect("a task key's input serializes");
+    sha256_hex(&bytes)
 }
+
+/// Bytes a typical task key's input takes (it grows past this when it must).
+const KEY_INPUT_CAPACITY: usize = 256;
 
 /// What a task key hashes, fields in canonical (sorted) order.
 #[derive(Serialize)]
@@ -106,20 +113,6 @@ struct SortedSpec<'a> {
     name: &'a str,
     timeout_secs: u64,
     tool: &'a str,
-}
-
-/// Feeds serialized bytes into a hash.
-struct HashWriter(Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
