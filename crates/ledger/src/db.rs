@@ -9,8 +9,11 @@ use crate::error::{LedgerError, Result};
 /// How long a writer waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
-/// Page cache per connection, in KiB.
-const CACHE_KIB: i64 = 32 * 1024;
+/// Page cache per connection, in KiB. Not larger: a B-tree split renumbers pages through a
+/// scratch page number past the end of the file, so nearly every commit that split a page
+/// ends with SQLite scanning the whole cache's hash table (pcache1TruncateUnsafe); with 32
+/// MiB that was ~5% of the writer's time. The hot pages of appends and claims fit in this.
+const CACHE_KIB: i64 = 8 * 1024;
 /// Memory-mapped I/O window per connection, in bytes: off. With several processes writing,
 /// each transaction that finds the file grown remaps it (munmap, TLB shootdowns, faults on
 /// every page touched again); reading through the page cache measured cheaper.

@@ -384,7 +384,7 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     .execute(params![run.id, approver, now])?;
     let detail = Some(format!("approved by {approver}"));
     record_step(c, run, StepRow { step: Step::Decide, outcome: StepOutcome::Succeeded, err_code: None, detail }, now)?;
-    insert_tasks(c, &run_keys(c, &run.id)?, plan.tasks.iter(), now)?;
+    insert_tasks(c, &run_keys(c, &run.id)?, plan.tasks.iter().map(|t| (t, None)), now)?;
     transition(c, run, RunStatus::Executing, now)?;
     record_step(
         c,
@@ -396,27 +396,50 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     Ok(())
 }
 
-/// Insert `specs` as queued tasks after the run's existing ones, keeping its counters;
-/// returns how many.
+/// A task's column values that follow from its spec, its run and the run's intent alone:
+/// what a client appending tasks can compute before its write reaches the writer thread.
+pub(crate) struct TaskRow {
+    key: String,
+    spec_json: String,
+}
+
+impl TaskRow {
+    pub(crate) fn encode(intent_id: &str, run_id: &str, spec: &TaskSpec) -> Result<Self> {
+        Ok(Self { key: task_key(intent_id, run_id, Step::Execute, spec), spec_json: serde_json::to_string(spec)? })
+    }
+}
+
+/// Insert `tasks` as queued tasks after the run's existing ones, keeping its counters;
+/// returns how many. A task comes with its row when its client encoded it for this run.
 fn insert_tasks<'a>(
     c: &Connection,
     run: &RunKeys,
-    specs: impl IntoIterator<Item = &'a TaskSpec>,
+    tasks: impl IntoIterator<Item = (&'a TaskSpec, Option<&'a TaskRow>)>,
     now: i64,
 ) -> Result<i64> {
     // Claimable once published (publication.rs): only Ack::Published jobs insert tasks.
+    // The staged sequence is read once, not by a subquery per row.
+    let staged: i64 =
+        c.prepare_cached("SELECT staged_seq FROM publication WHERE id = 1")?.query_row([], |r| r.get(0))?;
     let mut insert = c.prepare_cached(
         "INSERT INTO tasks(task_key, run_id, idx, name, partition_key, spec, status, created_at, updated_at, pub_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, (SELECT staged_seq FROM publication WHERE id = 1))",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?8)",
     )?;
     let mut idx = run.task_count;
-    for spec in specs {
-        let key = task_key(&run.intent_id, &run.id, Step::Execute, spec);
+    for (spec, row) in tasks {
+        let encoded;
+        let row = match row {
+            Some(row) => row,
+            None => {
+                encoded = TaskRow::encode(&run.intent_id, &run.id, spec)?;
+                &encoded
+            }
+        };
         insert
-            .execute(params![key, run.id, idx, spec.name, run.partition_key, serde_json::to_string(spec)?, now])
+            .execute(params![row.key, run.id, idx, spec.name, run.partition_key, row.spec_json, now, staged])
             .map_err(|e| match LedgerError::from(e) {
                 LedgerError::Db(m) if m.contains("UNIQUE") => {
-                    LedgerError::Conflict(format!("task key {key} is already committed"))
+                    LedgerError::Conflict(format!("task key {} is already committed", row.key))
                 }
                 other => other,
             })?;
@@ -455,9 +478,35 @@ fn run_keys(c: &Connection, run_id: &str) -> Result<RunKeys> {
         .ok_or_else(|| LedgerError::not_found("run", run_id))
 }
 
+/// One client's tasks to append, with their rows if it encoded them for the run's intent.
+pub(crate) struct Append<'a> {
+    pub(crate) specs: &'a [TaskSpec],
+    pub(crate) encoded: Option<&'a Encoded>,
+}
+
+impl<'a> Append<'a> {
+    /// The client's rows, if it encoded them for `intent_id` (a stale guess is recomputed).
+    fn rows(&self, intent_id: &str) -> Option<&'a [TaskRow]> {
+        self.encoded.filter(|e| e.intent_id == intent_id && e.rows.len() == self.specs.len()).map(|e| e.rows.as_slice())
+    }
+}
+
+/// A client's rows for its specs, computed assuming the run belongs to `intent_id`.
+pub(crate) struct Encoded {
+    pub(crate) intent_id: String,
+    pub(crate) rows: Vec<TaskRow>,
+}
+
+/// What an append did: how many tasks each client added, and the run's intent when some
+/// client's rows were missing or assumed another (so it can encode its next ones itself).
+pub(crate) struct Appended {
+    pub(crate) counts: Vec<usize>,
+    pub(crate) intent_id: Option<String>,
+}
+
 /// Add the tasks of one or more appends to an executing run (in order, under one
-/// `tasks_queued` event); returns how many each append added.
-pub(crate) fn append_tasks(c: &Connection, run_id: &str, appends: &[&[TaskSpec]], now: i64) -> Result<Vec<usize>> {
+/// `tasks_queued` event).
+pub(crate) fn append_tasks(c: &Connection, run_id: &str, appends: &[Append<'_>], now: i64) -> Result<Appended> {
     let run = run_keys(c, run_id)?;
     if run.status != RunStatus::Executing {
         return Err(LedgerError::IllegalState(format!(
@@ -465,9 +514,14 @@ pub(crate) fn append_tasks(c: &Connection, run_id: &str, appends: &[&[TaskSpec]]
             run.status
         )));
     }
-    let added = insert_tasks(c, &run, appends.iter().flat_map(|a| a.iter()), now)?;
+    let intent_id = appends.iter().any(|a| a.rows(&run.intent_id).is_none()).then(|| run.intent_id.clone());
+    let tasks = appends.iter().flat_map(|a| {
+        let rows = a.rows(&run.intent_id);
+        a.specs.iter().enumerate().map(move |(i, spec)| (spec, rows.map(|r| &r[i])))
+    });
+    let added = insert_tasks(c, &run, tasks, now)?;
     event(c, run_id, "tasks_queued", json!({"count": added}), now)?;
-    Ok(appends.iter().map(|a| a.len()).collect())
+    Ok(Appended { counts: appends.iter().map(|a| a.specs.len()).collect(), intent_id })
 }
 
 /// RetryRun: resume a failed run from its failed step, under the same id.

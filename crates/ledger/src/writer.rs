@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::appends::{AppendJob, run_merged};
+use crate::appends::{AppendJob, RunIntents, run_merged};
 use crate::checkpoint::WalLink;
 use crate::db::Durability;
 use crate::error::{LedgerError, Result};
@@ -115,6 +115,8 @@ pub(crate) struct WriterHandle {
     /// Where a sync can be asked for without a transaction (None without syncs).
     syncer: Option<SyncHandle>,
     publisher: Arc<Publisher>,
+    /// The intents of runs appended to, so clients encode their tasks themselves.
+    run_intents: Arc<RunIntents>,
 }
 
 /// Transactions committed and operations they carried; syncs and the time they took.
@@ -154,7 +156,7 @@ impl WriterHandle {
             .name("ledger-writer".into())
             .spawn(move || writer.run(rx, &c, disk))
             .map_err(|e| LedgerError::Io(format!("cannot start the ledger writer thread: {e}")))?;
-        Ok((Self { tx, counters, poison, syncer, publisher }, handle))
+        Ok((Self { tx, counters, poison, syncer, publisher, run_intents: Arc::default() }, handle))
     }
 
     /// (syncs, microseconds spent in them) so far.
@@ -214,10 +216,16 @@ impl WriterHandle {
     /// Append `specs` to a run in the next group commit, merged with the other appends to
     /// that run in it; answered like an [`Ack::Published`] write.
     pub(crate) async fn append(&self, run_id: String, specs: Vec<machina_core::TaskSpec>) -> Result<usize> {
+        let (specs, encoded) = self.run_intents.encode(&run_id, specs).await?;
         let (otx, orx) = oneshot::channel();
-        let job = Box::new(AppendJob { run_id, specs, result: None, reply: Reply::Async(otx) });
+        let job =
+            Box::new(AppendJob { run_id: run_id.clone(), specs, encoded, result: None, reply: Reply::Async(otx) });
         self.tx.send(job).await.map_err(|_| LedgerError::Closed)?;
-        orx.await.map_err(|_| LedgerError::Closed)?
+        let added = orx.await.map_err(|_| LedgerError::Closed)??;
+        if let Some(intent_id) = added.intent_id {
+            self.run_intents.learn(&run_id, intent_id);
+        }
+        Ok(added.count)
     }
 
     /// Resolves once a sync of the WAL that began after this call has returned: everything

@@ -114,6 +114,18 @@ async fn appended_tasks_get_plan_keys_and_only_while_executing() {
     let err = l.append_tasks(&run, vec![spec.clone()]).await.unwrap_err();
     assert_eq!(err.kind().as_str(), "conflict", "{err}");
     assert_eq!(l.run_detail(&run).await.unwrap().tasks.len(), 2);
+    // Later appends are encoded by the client (it knows the run's intent by now), in line
+    // for a few tasks and on a blocking thread for many: the same keys either way.
+    let named = |n: usize| TaskSpec { name: format!("more-{n}"), ..spec.clone() };
+    assert_eq!(l.append_tasks(&run, vec![named(0)]).await.unwrap(), 1);
+    assert_eq!(l.append_tasks(&run, (1..201).map(named).collect()).await.unwrap(), 200);
+    let detail = l.run_detail(&run).await.unwrap();
+    assert_eq!(detail.tasks.len(), 203);
+    for (i, t) in detail.tasks[2..].iter().enumerate() {
+        assert_eq!(t.task_key, machina_core::task_key(&intent, &run, machina_core::Step::Execute, &named(i)), "{i}");
+    }
+    let err = l.append_tasks(&run, vec![named(7)]).await.unwrap_err();
+    assert_eq!(err.kind().as_str(), "conflict", "{err}");
     l.cancel_run(&run).await.unwrap();
     let err = l.append_tasks(&run, vec![spec]).await.unwrap_err();
     assert_eq!(err.kind().as_str(), "illegal_state", "{err}");
