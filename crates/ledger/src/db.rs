@@ -35,6 +35,7 @@ const MIGRATION_SQL: &[&str] = &[
     include_str!("../migrations/0006_permission_leases.sql"),
     include_str!("../migrations/0007_arbitration.sql"),
     include_str!("../migrations/0008_task_publication.sql"),
+    include_str!("../migrations/0009_lean_task_rows.sql"),
 ];
 
 /// Schema version this build writes.
@@ -221,6 +222,47 @@ mod tests {
             c.query_row("SELECT staged_seq, durable_seq FROM publication", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap(),
             (0i64, 0i64)
         );
+    }
+
+    #[test]
+    fn migrating_a_schema_8_ledger_keeps_staged_tasks_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let c = schema_7(&path);
+        // As migrate() applies it: foreign keys off around the rebuild.
+        c.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        c.execute_batch(MIGRATION_SQL[7]).unwrap();
+        // Task 2 was committed by a process that died before its sync: still staged.
+        c.execute_batch(
+            "PRAGMA user_version = 8;
+             UPDATE publication SET staged_seq = 5, durable_seq = 4;
+             UPDATE tasks SET pub_seq = 5 WHERE id = 2;",
+        )
+        .unwrap();
+        drop(c);
+        let mut c = open_connection(&path).unwrap();
+        migrate(&mut c, &path, "test").unwrap();
+        let rows: Vec<(i64, String, i64, String, i64)> = c
+            .prepare("SELECT id, task_key, idx, name, pub_seq FROM tasks ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let key = |n: i64| format!("{n:064}");
+        assert_eq!(rows, vec![(1, key(1), 0, "a".into(), 0), (2, key(2), 1, "b".into(), 5)]);
+        // The key rule still holds after the rebuild; the attempt still points at its task.
+        let dup = c
+            .execute(
+                "INSERT INTO tasks(task_key, run_id, idx, name, partition_key, spec, status, created_at, updated_at)
+                 VALUES (printf('%064d', 2), 'r1', 2, 'b', 'p', '{}', 'queued', 1, 1)",
+                [],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(dup.contains("UNIQUE"), "{dup}");
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]
