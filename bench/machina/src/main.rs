@@ -14,6 +14,10 @@
 //!
 //! Prints exactly one JSON line on stdout; progress goes to stderr.
 
+// As machina-api and machina-worker do (src/bin).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use machina_core::{Plan, TaskSpec};
 use machina_ledger::{CompiledPlan, Ledger, LedgerOptions, NewIntent, NewRun, Submission, TaskReport, Work};
 use serde_json::json;
@@ -132,6 +136,15 @@ async fn main() {
     eprintln!("machina: WAL after enqueue: {} MiB", wal_mib(dir.path()));
     eprintln!("machina: enqueued {} in {enqueue_s:.2}s ({:.0}/s)", args.jobs, args.jobs as f64 / enqueue_s);
     if args.enqueue_only {
+        let line = json!({
+            "system": "machina",
+            "phase": "enqueue",
+            "jobs": args.jobs,
+            "submitters": args.submitters,
+            "tasks_per_append": per,
+            "enqueue_jobs_per_s": args.jobs as f64 / enqueue_s,
+        });
+        println!("{line}");
         return;
     }
 

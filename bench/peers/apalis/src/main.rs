@@ -39,14 +39,21 @@ struct Args {
     jobs: usize,
     consumers: usize,
     submitters: usize,
+    /// Stop after phase 1 (the enqueue sweep of bench/sweep.sh).
+    enqueue_only: bool,
     db: String,
 }
 
 fn parse_args() -> Args {
     let tmp = std::env::temp_dir().join("peer-apalis.sqlite");
-    let mut a = Args { jobs: 100_000, consumers: 4, submitters: 64, db: tmp.display().to_string() };
+    let mut a =
+        Args { jobs: 100_000, consumers: 4, submitters: 64, enqueue_only: false, db: tmp.display().to_string() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--enqueue-only" {
+            a.enqueue_only = true;
+            continue;
+        }
         let val = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         let num = || val.parse::<usize>().unwrap_or_else(|_| panic!("bad value for {flag}"));
         match flag.as_str() {
@@ -54,7 +61,7 @@ fn parse_args() -> Args {
             "--consumers" => a.consumers = num().max(1),
             "--submitters" => a.submitters = num().max(1),
             "--db" => a.db = val.clone(),
-            _ => panic!("unknown flag {flag} (use --jobs --consumers --submitters --db)"),
+            _ => panic!("unknown flag {flag} (use --jobs --consumers --submitters --db --enqueue-only)"),
         }
     }
     a
@@ -187,6 +194,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let enqueue_s = t0.elapsed().as_secs_f64();
     eprintln!("apalis: enqueued {n} jobs in {enqueue_s:.3}s");
+    if args.enqueue_only {
+        let line = serde_json::json!({
+            "system": "apalis",
+            "phase": "enqueue",
+            "jobs": n,
+            "submitters": args.submitters,
+            "enqueue_jobs_per_s": round1(n as f64 / enqueue_s),
+        });
+        println!("{line}");
+        return Ok(());
+    }
 
     // Phase 2: C workers process the N jobs.
     let ctx = Arc::new(Ctx { target: n, ..Default::default() });
@@ -227,8 +245,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("apalis: processed {n} jobs in {process_s:.3}s");
 
     // Latency: handler entry -> last commit stamp of the job's row (its Done ack).
-    let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT rowid, id FROM Jobs").fetch_all(&mut poll_conn).await?;
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT rowid, id FROM Jobs").fetch_all(&mut poll_conn).await?;
     let rowid_of: HashMap<String, i64> = rows.into_iter().map(|(r, id)| (id, r)).collect();
     let mut last_commit: HashMap<i64, Instant> = HashMap::new();
     for (rowid, t) in COMMITS.lock().unwrap().iter() {

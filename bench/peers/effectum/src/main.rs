@@ -37,6 +37,8 @@ struct Args {
     jobs: usize,
     consumers: usize,
     submitters: usize,
+    /// Stop after phase 1 (the enqueue sweep of bench/sweep.sh).
+    enqueue_only: bool,
     db: PathBuf,
 }
 
@@ -45,10 +47,15 @@ fn parse_args() -> Args {
         jobs: 100_000,
         consumers: 4,
         submitters: 64,
+        enqueue_only: false,
         db: std::env::temp_dir().join("peer-effectum.sqlite"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--enqueue-only" {
+            a.enqueue_only = true;
+            continue;
+        }
         let val = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         let num = || val.parse::<usize>().unwrap_or_else(|_| panic!("bad value for {flag}"));
         match flag.as_str() {
@@ -56,7 +63,7 @@ fn parse_args() -> Args {
             "--consumers" => a.consumers = num().max(1),
             "--submitters" => a.submitters = num().max(1),
             "--db" => a.db = PathBuf::from(&val),
-            _ => panic!("unknown flag {flag} (use --jobs --consumers --submitters --db)"),
+            _ => panic!("unknown flag {flag} (use --jobs --consumers --submitters --db --enqueue-only)"),
         }
     }
     a
@@ -183,6 +190,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let enqueue_s = t0.elapsed().as_secs_f64();
     eprintln!("effectum: enqueued {n} jobs in {enqueue_s:.3}s");
+    if args.enqueue_only {
+        queue.close(Duration::from_secs(10)).await?;
+        let line = serde_json::json!({
+            "system": "effectum",
+            "phase": "enqueue",
+            "jobs": n,
+            "submitters": args.submitters,
+            "enqueue_jobs_per_s": round1(n as f64 / enqueue_s),
+        });
+        println!("{line}");
+        return Ok(());
+    }
 
     // Phase 2: C workers process the N jobs.
     let ctx = Arc::new(Ctx { target: n, ..Default::default() });
