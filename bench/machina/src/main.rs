@@ -97,6 +97,15 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64
 }
 
+/// CPU time so far of this process's thread named `name` (Linux schedstat), in nanoseconds.
+fn thread_cpu_ns(name: &str) -> Option<u64> {
+    std::fs::read_dir("/proc/self/task").ok()?.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+        (comm.trim() == name).then_some(())?;
+        std::fs::read_to_string(t.path().join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let args = parse_args();
@@ -135,6 +144,9 @@ async fn main() {
     let wal_mib = |d: &std::path::Path| std::fs::metadata(d.join("ledger.db-wal")).map_or(0, |m| m.len()) >> 20;
     eprintln!("machina: WAL after enqueue: {} MiB", wal_mib(dir.path()));
     eprintln!("machina: enqueued {} in {enqueue_s:.2}s ({:.0}/s)", args.jobs, args.jobs as f64 / enqueue_s);
+    if let Some(ns) = thread_cpu_ns("ledger-writer") {
+        eprintln!("machina: writer thread CPU during enqueue: {:.2} us per job", ns as f64 / 1000.0 / args.jobs as f64);
+    }
     if args.enqueue_only {
         let line = json!({
             "system": "machina",

@@ -19,8 +19,9 @@ use std::sync::Mutex;
 
 use crate::error::{LedgerError, Result};
 use crate::jobs::{error_of, keep, outcome};
-use crate::runs::{self, Append, Encoded, TaskRow};
+use crate::runs::{self, Append, Encoded};
 use crate::sync::{Held, HeldValue};
+use crate::task_rows::TaskRow;
 use crate::writer::{Job, Reply};
 
 /// Runs whose intent a process remembers, at most; past it, it forgets them all.

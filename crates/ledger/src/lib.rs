@@ -28,6 +28,7 @@ mod publication;
 mod queries;
 mod runs;
 mod sync;
+mod task_rows;
 mod tasks;
 mod writer;
 

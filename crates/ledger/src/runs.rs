@@ -1,11 +1,12 @@
 //! Intents, runs, their steps and events: the run state machine, inside write transactions.
 
-use machina_core::{ErrCode, Plan, RunStatus, Step, StepOutcome, TaskSpec, task_key};
+use machina_core::{ErrCode, Plan, RunStatus, Step, StepOutcome, TaskSpec};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
 use crate::error::{LedgerError, Result};
 use crate::model::{INTENT_COLS, IntentRecord, RUN_COLS, RunRecord};
+use crate::task_rows::{self, TaskRow};
 
 /// A new intent.
 #[derive(Debug, Clone, PartialEq)]
@@ -396,19 +397,6 @@ fn approve_and_fan_out(c: &Connection, run: &mut RunRecord, approver: &str, plan
     Ok(())
 }
 
-/// A task's column values that follow from its spec, its run and the run's intent alone:
-/// what a client appending tasks can compute before its write reaches the writer thread.
-pub(crate) struct TaskRow {
-    key: String,
-    spec_json: String,
-}
-
-impl TaskRow {
-    pub(crate) fn encode(intent_id: &str, run_id: &str, spec: &TaskSpec) -> Result<Self> {
-        Ok(Self { key: task_key(intent_id, run_id, Step::Execute, spec), spec_json: serde_json::to_string(spec)? })
-    }
-}
-
 /// Insert `tasks` as queued tasks after the run's existing ones, keeping its counters;
 /// returns how many. A task comes with its row when its client encoded it for this run.
 fn insert_tasks<'a>(
@@ -421,31 +409,27 @@ fn insert_tasks<'a>(
     // The staged sequence is read once, not by a subquery per row.
     let staged: i64 =
         c.prepare_cached("SELECT staged_seq FROM publication WHERE id = 1")?.query_row([], |r| r.get(0))?;
-    let mut insert = c.prepare_cached(
-        "INSERT INTO tasks(task_key, run_id, idx, name, partition_key, spec, status, created_at, updated_at, pub_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?8)",
-    )?;
-    let mut idx = run.task_count;
-    for (spec, row) in tasks {
-        let encoded;
-        let row = match row {
-            Some(row) => row,
-            None => {
-                encoded = TaskRow::encode(&run.intent_id, &run.id, spec)?;
-                &encoded
-            }
-        };
-        insert
-            .execute(params![row.key, run.id, idx, spec.name, run.partition_key, row.spec_json, now, staged])
-            .map_err(|e| match LedgerError::from(e) {
-                LedgerError::Db(m) if m.contains("UNIQUE") => {
-                    LedgerError::Conflict(format!("task key {} is already committed", row.key))
-                }
-                other => other,
-            })?;
-        idx += 1;
-    }
-    let n = idx - run.task_count;
+    let tasks: Vec<(&TaskSpec, Option<&TaskRow>)> = tasks.into_iter().collect();
+    // Rows the client did not encode (or encoded for another intent) are encoded here.
+    let encoded = tasks
+        .iter()
+        .filter(|(_, row)| row.is_none())
+        .map(|(spec, _)| TaskRow::encode(&run.intent_id, &run.id, spec))
+        .collect::<Result<Vec<_>>>()?;
+    let mut own = encoded.iter();
+    let rows: Vec<task_rows::NewTask<'_>> = tasks
+        .iter()
+        .map(|(spec, row)| (spec.name.as_str(), row.unwrap_or_else(|| own.next().expect("one encoded row each"))))
+        .collect();
+    let target = task_rows::Target {
+        run_id: &run.id,
+        partition_key: &run.partition_key,
+        first_idx: run.task_count,
+        now,
+        staged,
+    };
+    task_rows::insert(c, &target, &rows)?;
+    let n = rows.len() as i64;
     c.prepare_cached(
         "UPDATE runs SET task_count = task_count + ?2, queued_tasks = queued_tasks + ?2,
          pending_tasks = pending_tasks + ?2 WHERE id = ?1",

@@ -24,6 +24,9 @@ use machina_core::Clock;
 pub const MAX_BATCH: usize = 512;
 /// Longest wait for the clients of the previous batch before committing a smaller one.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
+/// Batches this large are not held back by the linger: they already share one sync among
+/// many clients, and on a small machine the spin would take CPU from the clients themselves.
+const LINGER_MAX_JOBS: usize = 16;
 /// Smallest half of a batch that is split so that its sync overlaps the other half's SQL.
 const PIPELINE_SPLIT: usize = 16;
 /// Batches smaller than this (a lone job), with nobody else waiting, sync on the writer
@@ -294,8 +297,9 @@ impl Writer {
             drain(&mut rx, &mut batch);
             // Clients that were in the last batch are likely about to send again (a worker's
             // next claim follows its commit): wait a moment for them, so one fsync covers all.
-            // (Not for the second half of a split batch: its clients are waiting already.)
-            if !carrying && batch.len() < last_len {
+            // (Not for the second half of a split batch: its clients are waiting already; nor
+            // for a batch that is big already.)
+            if !carrying && batch.len() < last_len && batch.len() < LINGER_MAX_JOBS {
                 let until = std::time::Instant::now() + LINGER;
                 while batch.len() < last_len && std::time::Instant::now() < until {
                     std::thread::yield_now();

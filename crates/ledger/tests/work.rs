@@ -126,6 +126,21 @@ async fn appended_tasks_get_plan_keys_and_only_while_executing() {
     }
     let err = l.append_tasks(&run, vec![named(7)]).await.unwrap_err();
     assert_eq!(err.kind().as_str(), "conflict", "{err}");
+    // Rows go in several per statement: a duplicate inside one (after a full statement of
+    // 64 new ones) is named, and none of the append's tasks are kept.
+    let key = |n: usize| machina_core::task_key(&intent, &run, machina_core::Step::Execute, &named(n));
+    let mut specs: Vec<TaskSpec> = (300..370).map(named).collect();
+    specs.insert(66, named(150));
+    let err = l.append_tasks(&run, specs).await.unwrap_err();
+    assert_eq!(err.kind().as_str(), "conflict", "{err}");
+    assert!(err.to_string().contains(&key(150)), "names the duplicate: {err}");
+    // The same task twice in one append: the second is the duplicate.
+    let err = l.append_tasks(&run, vec![named(400), named(401), named(400), named(402)]).await.unwrap_err();
+    assert!(err.to_string().contains(&key(400)), "{err}");
+    assert_eq!(l.run_detail(&run).await.unwrap().tasks.len(), 203, "nothing of the refused appends kept");
+    assert_eq!(l.counter_drift().await.unwrap(), 0, "the run's counters agree with its tasks");
+    assert_eq!(l.append_tasks(&run, vec![named(300)]).await.unwrap(), 1, "its new tasks can still be added");
+    assert_eq!(l.run_detail(&run).await.unwrap().tasks[203].index, 203);
     l.cancel_run(&run).await.unwrap();
     let err = l.append_tasks(&run, vec![spec]).await.unwrap_err();
     assert_eq!(err.kind().as_str(), "illegal_state", "{err}");
