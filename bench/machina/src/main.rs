@@ -117,6 +117,7 @@ async fn main() {
     let run = executing_run(&ledger).await;
 
     let next = Arc::new(AtomicUsize::new(0));
+    let writer_cpu_before = thread_cpu_ns("ledger-writer");
     let t0 = Instant::now();
     let mut subs = Vec::new();
     let per = args.tasks_per_append;
@@ -144,7 +145,8 @@ async fn main() {
     let wal_mib = |d: &std::path::Path| std::fs::metadata(d.join("ledger.db-wal")).map_or(0, |m| m.len()) >> 20;
     eprintln!("machina: WAL after enqueue: {} MiB", wal_mib(dir.path()));
     eprintln!("machina: enqueued {} in {enqueue_s:.2}s ({:.0}/s)", args.jobs, args.jobs as f64 / enqueue_s);
-    if let Some(ns) = thread_cpu_ns("ledger-writer") {
+    if let (Some(before), Some(ns)) = (writer_cpu_before, thread_cpu_ns("ledger-writer")) {
+        let ns = ns.saturating_sub(before);
         eprintln!("machina: writer thread CPU during enqueue: {:.2} us per job", ns as f64 / 1000.0 / args.jobs as f64);
     }
     if args.enqueue_only {

@@ -230,6 +230,8 @@ mod tests {
     fn rows_a_client_encoded_for_another_intent_are_recomputed() {
         let dir = tempfile::tempdir().unwrap();
         let c = ledger(dir.path());
+        // As on the writer thread: tasks are inserted inside a write transaction.
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
         let (right, stale) = ([spec("a")], [spec("b"), spec("c")]);
         let (good, wrong) = (encoded("i1", &right), encoded("i-other", &stale));
         let appends = [

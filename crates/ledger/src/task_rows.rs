@@ -8,11 +8,11 @@
 //! (run, partition, time, publication sequence) bound once per statement.
 //!
 //! The statements are `INSERT OR FAIL`: a duplicate task key stops the statement where it
-//! is, keeping the rows before it, instead of undoing the whole statement (`ABORT`, the
-//! default), which would have SQLite copy every page the statement touches to a statement
-//! journal first, for every chunk, in case one fails. A failed insert fails its whole job
-//! anyway (the writer rolls the job back), and the rows the statement did insert tell which
-//! key was the duplicate.
+//! is, keeping the rows before it, so their count names the duplicate without inserting the
+//! chunk again row by row. Those rows never outlive the error: a failed insert fails its
+//! whole job, which the writer rolls back (alone, or to the job's savepoint). SQLite still
+//! keeps a statement journal for each multi-row statement, because the foreign key on
+//! `run_id` could abort it.
 
 use machina_core::{Step, TaskSpec, task_key};
 use rusqlite::Connection;
@@ -72,7 +72,10 @@ pub(crate) struct Target<'a> {
 pub(crate) type NewTask<'a> = (&'a str, &'a TaskRow);
 
 /// Insert `tasks` as queued tasks numbered from `target.first_idx`, in order.
+/// Runs inside the caller's transaction, which must be rolled back if this fails.
 pub(crate) fn insert(c: &Connection, target: &Target<'_>, tasks: &[NewTask<'_>]) -> Result<()> {
+    // Outside a transaction, a failed OR FAIL statement would commit the rows before the failure.
+    debug_assert!(!c.is_autocommit(), "task rows are inserted inside a write transaction");
     let mut done = 0;
     while done < tasks.len() {
         let left = tasks.len() - done;
@@ -85,7 +88,9 @@ pub(crate) fn insert(c: &Connection, target: &Target<'_>, tasks: &[NewTask<'_>])
                 // OR FAIL kept the rows before the duplicate: it is the next one.
                 let inserted = usize::try_from(c.changes()).unwrap_or(0);
                 let key = chunk.get(inserted).map_or("?", |(_, row)| row.key.as_str());
-                return Err(LedgerError::Conflict(format!("task key {key} is already committed")));
+                return Err(LedgerError::Conflict(format!(
+                    "duplicate task key {key}: the run already has this task, or the request repeats it"
+                )));
             }
             Err(other) => return Err(other.into()),
         }

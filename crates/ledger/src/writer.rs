@@ -301,7 +301,7 @@ impl Writer {
             // for a batch that is big already.)
             if !carrying && batch.len() < last_len && batch.len() < LINGER_MAX_JOBS {
                 let until = std::time::Instant::now() + LINGER;
-                while batch.len() < last_len && std::time::Instant::now() < until {
+                while batch.len() < last_len.min(LINGER_MAX_JOBS) && std::time::Instant::now() < until {
                     std::thread::yield_now();
                     drain(&mut rx, &mut batch);
                 }
