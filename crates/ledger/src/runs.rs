@@ -411,15 +411,14 @@ fn insert_tasks<'a>(
         c.prepare_cached("SELECT staged_seq FROM publication WHERE id = 1")?.query_row([], |r| r.get(0))?;
     let tasks: Vec<(&TaskSpec, Option<&TaskRow>)> = tasks.into_iter().collect();
     // Rows the client did not encode (or encoded for another intent) are encoded here.
-    let encoded = tasks
+    let own: Vec<Option<TaskRow>> = tasks
         .iter()
-        .filter(|(_, row)| row.is_none())
-        .map(|(spec, _)| TaskRow::encode(&run.intent_id, &run.id, spec))
-        .collect::<Result<Vec<_>>>()?;
-    let mut own = encoded.iter();
+        .map(|(spec, row)| row.is_none().then(|| TaskRow::encode(&run.intent_id, &run.id, spec)).transpose())
+        .collect::<Result<_>>()?;
     let rows: Vec<task_rows::NewTask<'_>> = tasks
         .iter()
-        .map(|(spec, row)| (spec.name.as_str(), row.unwrap_or_else(|| own.next().expect("one encoded row each"))))
+        .zip(&own)
+        .map(|((spec, row), own)| (spec.name.as_str(), row.or(own.as_ref()).expect("encoded above when missing")))
         .collect();
     let target = task_rows::Target {
         run_id: &run.id,

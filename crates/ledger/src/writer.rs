@@ -299,9 +299,10 @@ impl Writer {
             // next claim follows its commit): wait a moment for them, so one fsync covers all.
             // (Not for the second half of a split batch: its clients are waiting already; nor
             // for a batch that is big already.)
-            if !carrying && batch.len() < last_len && batch.len() < LINGER_MAX_JOBS {
+            let linger_for = last_len.min(LINGER_MAX_JOBS);
+            if !carrying && batch.len() < linger_for {
                 let until = std::time::Instant::now() + LINGER;
-                while batch.len() < last_len.min(LINGER_MAX_JOBS) && std::time::Instant::now() < until {
+                while batch.len() < linger_for && std::time::Instant::now() < until {
                     std::thread::yield_now();
                     drain(&mut rx, &mut batch);
                 }
