@@ -27,6 +27,8 @@ use std::time::Instant;
 
 struct Args {
     enqueue_only: bool,
+    /// Keep the ledger's directory afterwards (printed), to inspect what the run wrote.
+    keep: bool,
     jobs: usize,
     /// Tasks each append adds (the peers' harnesses add one job per call; 1 compares alike).
     tasks_per_append: usize,
@@ -35,11 +37,13 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { enqueue_only: false, jobs: 100_000, tasks_per_append: 1, consumers: 4, submitters: 64 };
+    let mut a =
+        Args { enqueue_only: false, keep: false, jobs: 100_000, tasks_per_append: 1, consumers: 4, submitters: 64 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--enqueue-only" {
-            a.enqueue_only = true;
+        if flag == "--enqueue-only" || flag == "--keep" {
+            a.enqueue_only |= flag == "--enqueue-only";
+            a.keep |= flag == "--keep";
             continue;
         }
         let val: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{flag} needs a number"));
@@ -48,7 +52,9 @@ fn parse_args() -> Args {
             "--consumers" => a.consumers = val.max(1),
             "--submitters" => a.submitters = val.max(1),
             "--tasks-per-append" => a.tasks_per_append = val.max(1),
-            _ => panic!("unknown flag {flag} (use --jobs --consumers --submitters --tasks-per-append --enqueue-only)"),
+            _ => panic!(
+                "unknown flag {flag} (use --jobs --consumers --submitters --tasks-per-append --enqueue-only --keep)"
+            ),
         }
     }
     a
@@ -109,7 +115,11 @@ fn thread_cpu_ns(name: &str) -> Option<u64> {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
-    let dir = tempfile::tempdir().unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    if args.keep {
+        dir.disable_cleanup(true);
+        eprintln!("machina: ledger kept in {}", dir.path().display());
+    }
     let ledger = Ledger::open(LedgerOptions::new(dir.path())).unwrap();
     let pragmas = ledger.pragmas();
     assert_eq!(pragmas.journal_mode, "wal");
