@@ -255,7 +255,7 @@ step_kill() {
     local db=/var/lib/machina/ledger.db dups count
     dups=$(ct sqlite3 "$db" "SELECT effect_key, COUNT(*), SUM(seen) FROM receipts GROUP BY effect_key HAVING COUNT(*) > 1 OR SUM(seen) > 1")
     check "no effect committed twice (receipts: ${dups:-none duplicated})" test -z "$dups"
-    count=$(ct sqlite3 "$db" "SELECT COUNT(*) FROM receipts r JOIN tasks t ON t.id = r.task_id WHERE t.run_id = '$run'")
+    count=$(ct sqlite3 "$db" "SELECT COUNT(*) FROM receipts r JOIN task_list t ON t.id = r.task_id WHERE t.run_id = '$run'")
     check "one receipt per task ($count receipts for $n tasks)" test "$count" = "$n"
     api GET /metrics
     local m; m=$(grep -E '^[a-z_]*duplicate_receipts' <<<"$API_BODY" || true)

@@ -19,7 +19,7 @@ pub mod state;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::ErrorKind;
-pub use plan::{Plan, TaskSpec, task_key};
+pub use plan::{Plan, TaskSpec, task_key, task_key_digest};
 pub use recipe::{Recipe, RecipeBook, RecipeError};
 pub use retry::{ErrCode, RetryPolicy};
 pub use state::{RunStatus, Step, StepOutcome, TaskStatus};

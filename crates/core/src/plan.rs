@@ -77,6 +77,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// `sha256(canonical_json({"intent", "run", "step", "task"}))` without building a JSON value
 /// (the ledger computes one per task it inserts; a test checks the two agree).
 pub fn task_key(intent_id: &str, run_id: &str, step: Step, spec: &TaskSpec) -> String {
+    hex::encode(task_key_digest(intent_id, run_id, step, spec))
+}
+
+/// The 32 bytes of [`task_key`] (the ledger stores them as they are).
+pub fn task_key_digest(intent_id: &str, run_id: &str, step: Step, spec: &TaskSpec) -> [u8; 32] {
     // Exhaustive, so a new field of TaskSpec cannot be left out of the key by accident.
     let TaskSpec { name, tool, argv, timeout_secs, lease } = spec;
     let input = KeyInput {
@@ -89,7 +94,7 @@ pub fn task_key(intent_id: &str, run_id: &str, step: Step, spec: &TaskSpec) -> S
     // cost more than the copy.
     let mut bytes = Vec::with_capacity(KEY_INPUT_CAPACITY);
     serde_json::to_writer(&mut bytes, &input).expect("a task key's input serializes");
-    sha256_hex(&bytes)
+    Sha256::digest(&bytes).into()
 }
 
 /// Bytes a typical task key's input takes (it grows past this when it must).

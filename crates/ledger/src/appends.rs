@@ -209,8 +209,8 @@ mod tests {
         c.execute_batch(
             "INSERT INTO intents VALUES ('i1', 'goal', '{}', '{}', 1);
              INSERT INTO partitions(key) VALUES ('p');
-             INSERT INTO runs(id, intent_id, recipe, partition_key, workload, concurrency, status, created_at, updated_at)
-                 VALUES ('r1', 'i1', 'demo', 'p', '{}', 1, 'executing', 1, 1);",
+             INSERT INTO runs(id, intent_id, recipe, partition_key, workload, concurrency, status, created_at, updated_at, num)
+                 VALUES ('r1', 'i1', 'demo', 'p', '{}', 1, 'executing', 1, 1, 1);",
         )
         .unwrap();
         c
@@ -222,7 +222,7 @@ mod tests {
     }
 
     fn stored_keys(c: &Connection) -> Vec<String> {
-        let mut stmt = c.prepare("SELECT task_key FROM tasks ORDER BY idx").unwrap();
+        let mut stmt = c.prepare("SELECT lower(hex(task_key)) FROM tasks ORDER BY idx").unwrap();
         stmt.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
     }
 

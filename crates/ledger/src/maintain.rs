@@ -86,10 +86,11 @@ pub(crate) fn prune_runs(c: &Connection, cutoff: i64) -> Result<u64> {
         .query_map(params![cutoff, PRUNE_BATCH_RUNS as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for id in &ids {
-        let by_task = "(SELECT id FROM tasks WHERE run_id = ?1)";
+        let run_num = "(SELECT num FROM runs WHERE id = ?1)";
+        let by_task = format!("(SELECT id FROM tasks WHERE run_num = {run_num})");
         c.execute(&format!("DELETE FROM receipts WHERE task_id IN {by_task}"), [id])?;
         c.execute(&format!("DELETE FROM attempts WHERE task_id IN {by_task}"), [id])?;
-        c.execute("DELETE FROM tasks WHERE run_id = ?1", [id])?;
+        c.execute(&format!("DELETE FROM tasks WHERE run_num = {run_num}"), [id])?;
         c.execute("DELETE FROM events WHERE run_id = ?1", [id])?;
         c.execute("DELETE FROM run_steps WHERE run_id = ?1", [id])?;
         c.execute("DELETE FROM runs WHERE id = ?1", [id])?;
@@ -157,7 +158,7 @@ pub(crate) fn verify(
         // A key hashes its run and name, so this is the whole rule, read along its index.
         (
             "task_key_twice",
-            "SELECT COUNT(*) FROM (SELECT 1 FROM tasks GROUP BY run_id, name, task_key HAVING COUNT(*) > 1)",
+            "SELECT COUNT(*) FROM (SELECT 1 FROM tasks GROUP BY run_num, name, task_key HAVING COUNT(*) > 1)",
         ),
         ("artifact_name", "SELECT COUNT(*) FROM artifacts WHERE length(sha256) != 64 OR sha256 GLOB '*[^0-9a-f]*'"),
     ];

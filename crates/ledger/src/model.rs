@@ -151,7 +151,7 @@ pub struct TaskRecord {
     pub updated_at: i64,
 }
 
-pub(crate) const TASK_COLS: &str = "task_key, idx, spec, status, attempt, lease_owner, err_code, \
+pub(crate) const TASK_COLS: &str = "lower(hex(task_key)), idx, spec, status, attempt, lease_owner, err_code, \
     exit_status, stdout_sha256, stderr_sha256, not_before, updated_at";
 
 impl TaskRecord {

@@ -41,7 +41,9 @@ pub(crate) fn run_detail(c: &Connection, id: &str) -> Result<RunDetail> {
         })?
         .collect::<rusqlite::Result<_>>()?;
     let tasks = c
-        .prepare_cached(&format!("SELECT {TASK_COLS} FROM tasks WHERE run_id = CAST(?1 AS TEXT) ORDER BY idx"))?
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLS} FROM tasks WHERE run_num = (SELECT num FROM runs WHERE id = ?1) ORDER BY idx"
+        ))?
         .query_map([id], TaskRecord::from_row)?
         .collect::<rusqlite::Result<_>>()?;
     Ok(RunDetail { run, steps, tasks })
@@ -76,7 +78,7 @@ pub(crate) fn attempts(c: &Connection, task_key: &str) -> Result<Vec<AttemptReco
     let rows: Vec<AttemptRecord> = c
         .prepare_cached(
             "SELECT task_key, attempt, owner, outcome, err_code, exit_status, wall_ms FROM attempts
-             WHERE task_id = (SELECT id FROM tasks WHERE task_key = ?1) ORDER BY attempt",
+             WHERE task_id = (SELECT id FROM tasks WHERE task_key = unhex(?1)) ORDER BY attempt",
         )?
         .query_map([task_key], |r| {
             Ok(AttemptRecord {
@@ -107,7 +109,7 @@ pub(crate) fn has_work(c: &Connection, now: i64) -> Result<bool> {
                            WHERE r.status = 'queued' AND p.paused = 0)
                  OR EXISTS(SELECT 1 FROM runs r JOIN partitions p ON p.key = r.partition_key
                            WHERE r.status = 'executing' AND p.paused = 0 AND r.leased_tasks < r.concurrency
-                           AND EXISTS(SELECT 1 FROM tasks t WHERE t.run_id = r.id AND t.status = 'queued'
+                           AND EXISTS(SELECT 1 FROM tasks t WHERE t.run_num = r.num AND t.status = 'queued'
                                       AND t.not_before <= ?1))
                  OR EXISTS(SELECT 1 FROM tasks WHERE status = 'leased' AND lease_expires_at < ?1)
                  OR EXISTS(SELECT 1 FROM runs WHERE status = 'compiling' AND lease_expires_at < ?1)",
@@ -119,10 +121,10 @@ pub(crate) fn has_work(c: &Connection, now: i64) -> Result<bool> {
 pub(crate) fn counter_drift(c: &Connection) -> Result<i64> {
     Ok(c.prepare_cached(
         "SELECT COUNT(*) FROM runs r WHERE
-               r.queued_tasks  != (SELECT COUNT(*) FROM tasks t WHERE t.run_id = r.id AND t.status = 'queued')
-            OR r.leased_tasks  != (SELECT COUNT(*) FROM tasks t WHERE t.run_id = r.id AND t.status = 'leased')
-            OR r.pending_tasks != (SELECT COUNT(*) FROM tasks t WHERE t.run_id = r.id AND t.status != 'succeeded')
-            OR r.task_count    != (SELECT COUNT(*) FROM tasks t WHERE t.run_id = r.id)
+               r.queued_tasks  != (SELECT COUNT(*) FROM tasks t WHERE t.run_num = r.num AND t.status = 'queued')
+            OR r.leased_tasks  != (SELECT COUNT(*) FROM tasks t WHERE t.run_num = r.num AND t.status = 'leased')
+            OR r.pending_tasks != (SELECT COUNT(*) FROM tasks t WHERE t.run_num = r.num AND t.status != 'succeeded')
+            OR r.task_count    != (SELECT COUNT(*) FROM tasks t WHERE t.run_num = r.num)
             OR r.event_seq     != (SELECT COUNT(*) FROM events e WHERE e.run_id = r.id)",
     )?
     .query_row([], |r| r.get(0))?)

@@ -173,10 +173,12 @@ pub(crate) fn start_run(c: &Connection, r: NewRun, intent_known: bool, now: i64)
     let id = new_id();
     c.prepare_cached("INSERT OR IGNORE INTO partitions(key) VALUES (?1)")?.execute([&r.partition_key])?;
     // A new run's first event is number 1: set here rather than by event()'s extra UPDATE.
+    // Its number (what its tasks refer to it by) is the next one: this transaction holds
+    // the write lock, and runs_num is unique.
     c.prepare_cached(
         "INSERT INTO runs(id, intent_id, recipe, partition_key, workload, concurrency, status, created_at, updated_at,
-                          event_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, 1)",
+                          event_seq, num)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, 1, (SELECT COALESCE(MAX(num), 0) + 1 FROM runs))",
     )?
     .execute(params![id, r.intent_id, r.recipe, r.partition_key, r.workload.to_string(), r.concurrency, now])?;
     event_at(c, &id, 1, "run_created", json!({"recipe": r.recipe, "queuePartitionKey": r.partition_key}), now)?;
@@ -421,7 +423,7 @@ fn insert_tasks<'a>(
         .map(|((spec, row), own)| (spec.name.as_str(), row.or(own.as_ref()).expect("encoded above when missing")))
         .collect();
     let target = task_rows::Target {
-        run_id: &run.id,
+        run_num: run.num,
         partition_key: &run.partition_key,
         first_idx: run.task_count,
         now,
@@ -440,6 +442,7 @@ fn insert_tasks<'a>(
 /// What adding tasks needs to know of a run (read without decoding the whole record).
 pub(crate) struct RunKeys {
     id: String,
+    num: i64,
     intent_id: String,
     partition_key: String,
     status: RunStatus,
@@ -447,10 +450,11 @@ pub(crate) struct RunKeys {
 }
 
 fn run_keys(c: &Connection, run_id: &str) -> Result<RunKeys> {
-    c.prepare_cached("SELECT intent_id, partition_key, status, task_count FROM runs WHERE id = ?1")?
+    c.prepare_cached("SELECT intent_id, partition_key, status, task_count, num FROM runs WHERE id = ?1")?
         .query_row([run_id], |r| {
             Ok(RunKeys {
                 id: run_id.to_string(),
+                num: r.get(4)?,
                 intent_id: r.get(0)?,
                 partition_key: r.get(1)?,
                 status: crate::model::parse_col(r, 2)?,
@@ -534,7 +538,7 @@ pub(crate) fn retry(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord>
             .prepare_cached(
                 "UPDATE tasks SET status = 'queued', budget_base = attempt, not_before = 0, updated_at = ?2,
                  pub_seq = (SELECT staged_seq FROM publication WHERE id = 1)
-                 WHERE run_id = ?1 AND status IN ('failed', 'canceled')",
+                 WHERE run_num = (SELECT num FROM runs WHERE id = ?1) AND status IN ('failed', 'canceled')",
             )?
             .execute(params![run_id, now])?;
         c.prepare_cached("UPDATE runs SET queued_tasks = queued_tasks + ?2 WHERE id = ?1")?
@@ -571,7 +575,8 @@ pub(crate) fn cancel(c: &Connection, run_id: &str, now: i64) -> Result<RunRecord
 pub(crate) fn cancel_queued_tasks(c: &Connection, run_id: &str, now: i64) -> Result<usize> {
     let n = c
         .prepare_cached(
-            "UPDATE tasks SET status = 'canceled', updated_at = ?2 WHERE run_id = ?1 AND status = 'queued'",
+            "UPDATE tasks SET status = 'canceled', updated_at = ?2
+             WHERE run_num = (SELECT num FROM runs WHERE id = ?1) AND status = 'queued'",
         )?
         .execute(params![run_id, now])?;
     c.prepare_cached("UPDATE runs SET queued_tasks = queued_tasks - ?2 WHERE id = ?1")?

@@ -12,9 +12,12 @@
 //! chunk again row by row. Those rows never outlive the error: a failed insert fails its
 //! whole job, which the writer rolls back (alone, or to the job's savepoint). SQLite still
 //! keeps a statement journal for each multi-row statement, because the foreign key on
-//! `run_id` could abort it.
+//! `run_num` could abort it.
+//!
+//! A row names its run by number and holds its key as 32 bytes (migration 0010): the
+//! bytes of pages each task takes are what SQLite's time on an append follows.
 
-use machina_core::{Step, TaskSpec, task_key};
+use machina_core::{Step, TaskSpec, task_key_digest};
 use rusqlite::Connection;
 use std::fmt::Write as _;
 use std::sync::LazyLock;
@@ -23,7 +26,7 @@ use crate::error::{LedgerError, Result};
 
 /// Statement sizes, largest first: a fan-out of n tasks takes the fewest statements.
 const CHUNK_ROWS: [usize; 4] = [64, 16, 4, 1];
-/// Parameters every row of a statement shares: ?1 run id, ?2 partition, ?3 now, ?4 pub_seq.
+/// Parameters every row of a statement shares: ?1 run number, ?2 partition, ?3 now, ?4 pub_seq.
 const SHARED_PARAMS: usize = 4;
 /// Parameters of each row: key, idx, name, spec.
 const ROW_PARAMS: usize = 4;
@@ -33,7 +36,7 @@ static INSERT_SQL: LazyLock<[String; CHUNK_ROWS.len()]> = LazyLock::new(|| CHUNK
 
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT OR FAIL INTO tasks(task_key, run_id, idx, name, partition_key, spec, status, created_at, updated_at, pub_seq) VALUES ",
+        "INSERT OR FAIL INTO tasks(task_key, run_num, idx, name, partition_key, spec, status, created_at, updated_at, pub_seq) VALUES ",
     );
     for r in 0..rows {
         let p = SHARED_PARAMS + r * ROW_PARAMS;
@@ -47,19 +50,23 @@ fn insert_sql(rows: usize) -> String {
 /// A task's column values that follow from its spec, its run and the run's intent alone:
 /// what a client appending tasks can compute before its write reaches the writer thread.
 pub(crate) struct TaskRow {
-    key: String,
+    key: [u8; 32],
     spec_json: String,
 }
 
 impl TaskRow {
     pub(crate) fn encode(intent_id: &str, run_id: &str, spec: &TaskSpec) -> Result<Self> {
-        Ok(Self { key: task_key(intent_id, run_id, Step::Execute, spec), spec_json: serde_json::to_string(spec)? })
+        Ok(Self {
+            key: task_key_digest(intent_id, run_id, Step::Execute, spec),
+            spec_json: serde_json::to_string(spec)?,
+        })
     }
 }
 
 /// The run that tasks are inserted into.
 pub(crate) struct Target<'a> {
-    pub(crate) run_id: &'a str,
+    /// The run's number (`runs.num`).
+    pub(crate) run_num: i64,
     pub(crate) partition_key: &'a str,
     /// The run's tasks so far: the first new task's idx.
     pub(crate) first_idx: i64,
@@ -87,7 +94,7 @@ pub(crate) fn insert(c: &Connection, target: &Target<'_>, tasks: &[NewTask<'_>])
             Err(rusqlite::Error::SqliteFailure(f, _)) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE => {
                 // OR FAIL kept the rows before the duplicate: it is the next one.
                 let inserted = usize::try_from(c.changes()).unwrap_or(0);
-                let key = chunk.get(inserted).map_or("?", |(_, row)| row.key.as_str());
+                let key = chunk.get(inserted).map_or_else(|| "?".into(), |(_, row)| hex::encode(row.key));
                 return Err(LedgerError::Conflict(format!(
                     "duplicate task key {key}: the run already has this task, or the request repeats it"
                 )));
@@ -108,13 +115,13 @@ fn insert_chunk(
     chunk: &[NewTask<'_>],
 ) -> rusqlite::Result<()> {
     let mut stmt = c.prepare_cached(&INSERT_SQL[size])?;
-    stmt.raw_bind_parameter(1, t.run_id)?;
+    stmt.raw_bind_parameter(1, t.run_num)?;
     stmt.raw_bind_parameter(2, t.partition_key)?;
     stmt.raw_bind_parameter(3, t.now)?;
     stmt.raw_bind_parameter(4, t.staged)?;
     for (r, (name, row)) in chunk.iter().enumerate() {
         let p = SHARED_PARAMS + r * ROW_PARAMS;
-        stmt.raw_bind_parameter(p + 1, row.key.as_str())?;
+        stmt.raw_bind_parameter(p + 1, row.key.as_slice())?;
         stmt.raw_bind_parameter(p + 2, first_idx + r as i64)?;
         stmt.raw_bind_parameter(p + 3, *name)?;
         stmt.raw_bind_parameter(p + 4, row.spec_json.as_str())?;

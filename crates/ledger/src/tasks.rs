@@ -25,27 +25,27 @@ pub(crate) fn register_artifact(c: &Connection, sha: &str, size: i64, media_type
 /// A run never holds more leases than its concurrency.
 pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Result<Option<ClaimedTask>> {
     // Candidate runs come from the runs' counters (few rows), not from scanning tasks.
-    let runs: Vec<(String, String)> = c
+    let runs: Vec<(String, i64, String)> = c
         .prepare_cached(
-            "SELECT r.id, r.partition_key FROM runs r JOIN partitions p ON p.key = r.partition_key
+            "SELECT r.id, r.num, r.partition_key FROM runs r JOIN partitions p ON p.key = r.partition_key
              WHERE r.status = 'executing' AND p.paused = 0 AND r.queued_tasks > 0
                AND r.leased_tasks < r.concurrency
              ORDER BY p.last_claim_seq, p.key, r.last_claim_seq, r.id",
         )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for (run_id, pk) in runs {
+    for (run_id, run_num, pk) in runs {
         let task: Option<Queued> = c
             .prepare_cached(
                 "SELECT id, task_key, spec, attempt,
                         CASE WHEN pub_seq > (SELECT durable_seq FROM publication WHERE id = 1) THEN pub_seq END
-                 FROM tasks WHERE run_id = CAST(?1 AS TEXT) AND status = 'queued' AND not_before <= ?2
+                 FROM tasks WHERE run_num = ?1 AND status = 'queued' AND not_before <= ?2
                  ORDER BY idx LIMIT 1",
             )?
-            .query_row(params![run_id, now], |r| {
+            .query_row(params![run_num, now], |r| {
                 Ok(Queued {
                     id: r.get(0)?,
-                    key: r.get(1)?,
+                    key: hex::encode(r.get::<_, [u8; 32]>(1)?),
                     spec: r.get(2)?,
                     attempt: r.get(3)?,
                     unpublished: r.get(4)?,
@@ -119,9 +119,8 @@ fn fence(c: &Connection, task_id: i64, owner: &str, attempt: u32) -> Result<Held
     type Row = (String, String, Option<String>, u32, String, u32, String);
     let row: Option<Row> = c
         .prepare_cached(
-            "SELECT t.task_key, t.status, t.lease_owner, t.attempt, t.run_id, t.budget_base,
-                    (SELECT r.status FROM runs r WHERE r.id = t.run_id)
-             FROM tasks t WHERE t.id = ?1",
+            "SELECT lower(hex(t.task_key)), t.status, t.lease_owner, t.attempt, r.id, t.budget_base, r.status
+             FROM tasks t JOIN runs r ON r.num = t.run_num WHERE t.id = ?1",
         )?
         .query_row([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
         .optional()?;

@@ -226,7 +226,7 @@ async fn a_run_never_holds_more_leases_than_its_concurrency() {
     let (_, other) = executing_run(l, "p", shell_plan(1, 1)).await;
     assert_eq!(claim(l, "w").await.run_id, other, "the cap does not block other runs");
     assert!(l.claim_task("w", LONG_LEASE).await.unwrap().is_none());
-    let leased = format!("SELECT COUNT(*) FROM tasks WHERE run_id = '{capped}' AND status = 'leased'");
+    let leased = format!("SELECT COUNT(*) FROM task_list WHERE run_id = '{capped}' AND status = 'leased'");
     assert_eq!(count(l, &leased).await, 2);
 
     // Freeing a slot (commit, or reclaim of a lost lease) lets the run claim again, never past 2.

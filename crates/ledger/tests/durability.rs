@@ -22,6 +22,7 @@ async fn pragmas_read_back_as_configured() {
     assert!(p.durable_commits, "durable commits by default");
     assert_eq!(p.foreign_keys, 1);
     assert_eq!(p.busy_timeout_ms, BUSY_TIMEOUT_MS as i64);
+    assert!(p.stable_plans, "statements are not re-prepared for what is bound to them");
 
     let dir = tempfile::tempdir().unwrap();
     let mut o = options(dir.path(), &ManualClock::new(T0));

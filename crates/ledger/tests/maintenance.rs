@@ -61,7 +61,14 @@ async fn prune_takes_only_finished_runs_past_retention_and_their_artifacts() {
 fn owner_filter(table: &str, run: &str) -> String {
     match table {
         "attempts" | "receipts" => {
-            format!("task_id NOT IN (SELECT id FROM tasks) OR task_id IN (SELECT id FROM tasks WHERE run_id = '{run}')")
+            format!(
+                "task_id NOT IN (SELECT id FROM tasks) OR task_id IN (SELECT id FROM task_list WHERE run_id = '{run}')"
+            )
+        }
+        // Tasks name their run by number, which goes with the run's row: a task left behind
+        // has no run (its foreign key would also have refused the run's delete).
+        "tasks" => {
+            format!("run_num NOT IN (SELECT num FROM runs) OR id IN (SELECT id FROM task_list WHERE run_id = '{run}')")
         }
         _ => format!("run_id = '{run}'"),
     }

@@ -32,7 +32,7 @@ fn stage_behind_the_ledgers_back(l: &Ledger, run: &str) -> i64 {
     let c = Connection::open(l.path()).unwrap();
     c.execute_batch("UPDATE publication SET staged_seq = staged_seq + 7").unwrap();
     c.execute(
-        "UPDATE tasks SET pub_seq = (SELECT staged_seq FROM publication) WHERE run_id = ?1 AND status = 'queued'",
+        "UPDATE tasks SET pub_seq = (SELECT staged_seq FROM publication) WHERE run_num = (SELECT num FROM runs WHERE id = ?1) AND status = 'queued'",
         [run],
     )
     .unwrap();
