@@ -9,6 +9,8 @@
 --
 -- runs.num is given at insert as MAX(num) + 1 (inserts hold the write lock, so no two runs
 -- get the same number; the unique index is the proof). Existing runs take their rowid.
+-- A number is unique among the runs in the ledger: once the newest run is pruned (with its
+-- tasks), the next run may take its number again. It never leaves the database.
 -- For reading by hand, the view `task_list` shows tasks as before: run id and hex key.
 -- The table is rebuilt, as in 0008 (the migration runner turns foreign keys off around it
 -- and checks them before COMMIT).
@@ -65,6 +67,8 @@ CREATE TRIGGER attempts_append_only_d BEFORE DELETE ON attempts
     BEGIN SELECT RAISE(ABORT, 'attempts is append-only while its run is not finished'); END;
 
 -- Tasks as an operator reads them: with their run's id and their key in hex.
+-- (A later migration that rebuilds tasks or runs must drop this view first and create it
+-- again, as this one does with attempts_append_only_d: the rename fails otherwise.)
 CREATE VIEW task_list AS
     SELECT t.id, lower(hex(t.task_key)) AS task_key, r.id AS run_id, t.idx, t.name, t.partition_key, t.spec,
            t.status, t.attempt, t.budget_base, t.not_before, t.lease_owner, t.lease_expires_at, t.err_code,

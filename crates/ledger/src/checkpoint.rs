@@ -18,9 +18,13 @@
 //! page the checkpointer copied.
 
 use rusqlite::Connection;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -131,10 +135,40 @@ fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
 }
 
+/// The database files this process flushes, by (device, inode); each opened once and never
+/// closed. Closing any descriptor of a file drops every POSIX lock the process holds on it,
+/// SQLite's included (its shared lock on the database is how another process's last
+/// connection knows it is not the last, before it deletes the WAL): so a descriptor opened
+/// outside SQLite must outlive every connection of the process to that file.
+static FLUSH_FILES: LazyLock<Mutex<HashMap<FileId, Arc<File>>>> = LazyLock::new(Default::default);
+
+/// (device, inode): a file whatever path names it.
+type FileId = (u64, u64);
+
+/// A descriptor of the database file at `path` for flushing it, shared and never closed.
+fn flush_file(path: &Path) -> std::io::Result<Arc<File>> {
+    let meta = std::fs::metadata(path)?;
+    // A cache: a panic elsewhere while it was locked leaves nothing half-done in it.
+    let mut files = FLUSH_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = files.get(&(meta.dev(), meta.ino())) {
+        return Ok(f.clone());
+    }
+    let file = Arc::new(File::open(path)?);
+    files.insert((meta.dev(), meta.ino()), file.clone());
+    Ok(file)
+}
+
 fn run(conn: Connection, rx: Receiver<Msg>, link: &WalLink) {
-    // The database file, to flush what a pass copied (see below); without it (an in-memory or
-    // unreadable path) the writer's finishing pass flushes it all, as SQLite alone would.
-    let db = conn.path().filter(|p| !p.is_empty()).and_then(|p| std::fs::File::open(p).ok());
+    // The database file, to flush what a pass copied (see below); without it the writer's
+    // finishing pass flushes it all, as SQLite alone would.
+    let db = match conn.path().filter(|p| !p.is_empty()).map(|p| flush_file(Path::new(p))) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot open the ledger's database file for flushing; the writer will flush it");
+            None
+        }
+        None => None,
+    };
     let mut last_copied = 0;
     while let Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) =
         rx.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS))
@@ -154,7 +188,10 @@ fn run(conn: Connection, rx: Receiver<Msg>, link: &WalLink) {
                     && let Some(db) = &db
                     && let Err(e) = db.sync_data()
                 {
-                    tracing::warn!(error = %e, "flushing the checkpointed database pages failed; SQLite syncs them later");
+                    // Nothing is lost: the WAL still holds these pages, and SQLite's own sync
+                    // of the file (its descriptor was open too, so it is told of the error)
+                    // must succeed before the WAL may start over.
+                    tracing::error!(error = %e, "flushing the checkpointed database pages failed; the WAL keeps them");
                 }
                 last_copied = copied;
                 link.copied.store(copied, Ordering::Release);
@@ -167,4 +204,24 @@ fn run(conn: Connection, rx: Receiver<Msg>, link: &WalLink) {
     }
     // Leave the file compact for the next start and for backups.
     let _ = checkpoint(&conn, "PASSIVE");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_file_is_opened_for_flushing_once_whatever_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, link) = (dir.path().join("ledger.db"), dir.path().join("other-name.db"));
+        std::fs::write(&path, b"").unwrap();
+        std::fs::hard_link(&path, &link).unwrap();
+        let (a, b) = (flush_file(&path).unwrap(), flush_file(&link).unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "one descriptor per file, never a second one to close");
+        drop((a, b));
+        // Still open (held by the process-wide table), so no close can drop SQLite's locks.
+        assert_eq!(Arc::strong_count(&flush_file(&path).unwrap()), 2);
+        let missing = flush_file(&dir.path().join("missing.db")).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    }
 }
