@@ -78,24 +78,25 @@ pub(crate) fn forget_workers(c: &Connection, before: i64) -> Result<u64> {
 
 /// Delete up to [`PRUNE_BATCH_RUNS`] finished runs last updated before `cutoff`, with their history.
 pub(crate) fn prune_runs(c: &Connection, cutoff: i64) -> Result<u64> {
-    let ids: Vec<String> = c
+    let runs: Vec<(String, i64)> = c
         .prepare_cached(
-            "SELECT id FROM runs WHERE status IN ('succeeded', 'failed', 'retries_exceeded', 'canceled')
+            "SELECT id, num FROM runs WHERE status IN ('succeeded', 'failed', 'retries_exceeded', 'canceled')
              AND updated_at < ?1 ORDER BY updated_at LIMIT ?2",
         )?
-        .query_map(params![cutoff, PRUNE_BATCH_RUNS as i64], |r| r.get(0))?
+        .query_map(params![cutoff, PRUNE_BATCH_RUNS as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for id in &ids {
-        let run_num = "(SELECT num FROM runs WHERE id = ?1)";
-        let by_task = format!("(SELECT id FROM tasks WHERE run_num = {run_num})");
-        c.execute(&format!("DELETE FROM receipts WHERE task_id IN {by_task}"), [id])?;
-        c.execute(&format!("DELETE FROM attempts WHERE task_id IN {by_task}"), [id])?;
-        c.execute(&format!("DELETE FROM tasks WHERE run_num = {run_num}"), [id])?;
-        c.execute("DELETE FROM events WHERE run_id = ?1", [id])?;
-        c.execute("DELETE FROM run_steps WHERE run_id = ?1", [id])?;
-        c.execute("DELETE FROM runs WHERE id = ?1", [id])?;
+    for (id, num) in &runs {
+        // Tasks name their run by number; everything else by id.
+        c.prepare_cached("DELETE FROM receipts WHERE task_id IN (SELECT id FROM tasks WHERE run_num = ?1)")?
+            .execute([num])?;
+        c.prepare_cached("DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE run_num = ?1)")?
+            .execute([num])?;
+        c.prepare_cached("DELETE FROM tasks WHERE run_num = ?1")?.execute([num])?;
+        c.prepare_cached("DELETE FROM events WHERE run_id = ?1")?.execute([id])?;
+        c.prepare_cached("DELETE FROM run_steps WHERE run_id = ?1")?.execute([id])?;
+        c.prepare_cached("DELETE FROM runs WHERE id = ?1")?.execute([id])?;
     }
-    Ok(ids.len() as u64)
+    Ok(runs.len() as u64)
 }
 
 /// Delete intents that no run refers to any more, created before `cutoff`.

@@ -37,7 +37,7 @@ pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Res
     for (run_id, run_num, pk) in runs {
         let task: Option<Queued> = c
             .prepare_cached(
-                "SELECT id, task_key, spec, attempt,
+                "SELECT id, lower(hex(task_key)), spec, attempt,
                         CASE WHEN pub_seq > (SELECT durable_seq FROM publication WHERE id = 1) THEN pub_seq END
                  FROM tasks WHERE run_num = ?1 AND status = 'queued' AND not_before <= ?2
                  ORDER BY idx LIMIT 1",
@@ -45,7 +45,7 @@ pub(crate) fn claim(c: &Connection, owner: &str, lease_ms: i64, now: i64) -> Res
             .query_row(params![run_num, now], |r| {
                 Ok(Queued {
                     id: r.get(0)?,
-                    key: hex::encode(r.get::<_, [u8; 32]>(1)?),
+                    key: r.get(1)?,
                     spec: r.get(2)?,
                     attempt: r.get(3)?,
                     unpublished: r.get(4)?,
